@@ -1,0 +1,1 @@
+"""The eval harness: production-like failure rates per tier, and model promotion (not built yet)."""

@@ -1,0 +1,1 @@
+"""Ground floor: devices, model files, hardware profiles and the YAML loading they share."""

@@ -1,0 +1,53 @@
+"""The few named exceptions of the product; the HTTP layer maps each type to one status."""
+
+from __future__ import annotations
+
+
+class TierRunnerError(Exception):
+    """Base class: the message always says what to do next."""
+
+    status_code = 500
+    error_type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class ConfigError(TierRunnerError):
+    """A configuration file is missing or invalid; raised at load, never mid-request."""
+
+    code = "invalid_config"
+
+
+class InvalidRequest(TierRunnerError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class NotFound(TierRunnerError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class TierUnavailable(TierRunnerError):
+    """A tier is not served by the active profile, or its runner is not ready."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "tier_unavailable"
+
+
+class RunnerFailed(TierRunnerError):
+    """The backend broke while answering; the request may be retried."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "runner_failed"

@@ -1,0 +1,70 @@
+"""Hardware profiles: which devices exist and which runner serves each tier on which of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hardware.config import load_yaml_model
+
+PROFILES_DIR = Path(__file__).with_name("profiles")
+TierNumber = Literal[1, 2, 3]
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["cpu", "cuda"] = Field(description="cpu, or cuda for an NVIDIA GPU")
+    index: int | None = Field(default=None, ge=0, description="GPU index (cuda only)")
+
+    @model_validator(mode="after")
+    def _index_only_for_gpus(self) -> Device:
+        if self.kind == "cuda" and self.index is None:
+            raise ValueError("a cuda device needs `index` (0 for the first GPU)")
+        if self.kind == "cpu" and self.index is not None:
+            raise ValueError("`index` is only for cuda devices; remove it")
+        return self
+
+
+class TierPlacement(BaseModel):
+    """Runner, device and model for one tier; the runner validates its own remaining options."""
+
+    model_config = ConfigDict(extra="allow")
+    runner: str = Field(description="a registered runner: llamacpp, vllm or hosted")
+    device: str | None = Field(default=None, description="a key of `devices`; hosted runners have none")
+    model: str = Field(description="a catalog model name, or the provider's model id for hosted runners")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    description: str = ""
+    devices: dict[str, Device] = Field(default_factory=dict)
+    tiers: dict[TierNumber, TierPlacement] = Field(description="tier number (1, 2 or 3) -> placement")
+
+    @model_validator(mode="after")
+    def _devices_exist(self) -> Profile:
+        for tier, placement in self.tiers.items():
+            if placement.device is not None and placement.device not in self.devices:
+                known = ", ".join(sorted(self.devices)) or "none"
+                raise ValueError(
+                    f"tiers.{tier}.device names {placement.device!r}, which is not under `devices` (defined: {known})"
+                )
+        return self
+
+
+def profile_path(name_or_path: str | Path) -> Path:
+    """A bare name means a shipped profile in hardware/profiles/."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.parent != Path("."):
+        return candidate
+    return PROFILES_DIR / f"{name_or_path}.yaml"
+
+
+def load_profile(name_or_path: str | Path) -> tuple[Path, Profile]:
+    path = profile_path(name_or_path)
+    return path, load_yaml_model(path, Profile)

@@ -1,0 +1,1 @@
+"""Backends behind one interface; every runner speaks OpenAI chat completions."""

@@ -1,0 +1,85 @@
+"""The one interface every backend implements, and the registry that finds them by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel
+
+from hardware.config import validate_model
+from hardware.errors import ConfigError
+from hardware.profile import TierPlacement
+from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+
+State = Literal["starting", "ready", "failed", "stopped"]
+
+
+class RunnerStatus(BaseModel):
+    state: State
+    model: str
+    runner: str
+    detail: str = ""
+
+
+class Runner(ABC):
+    """A backend serving one tier. Subclasses declare `kind` and an `Options` model."""
+
+    kind: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def __init__(self, tier: int, placement: TierPlacement, options: Any):
+        self.tier = tier
+        self.placement = placement
+        self.options = options
+        self._state: State = "stopped"
+        self._detail = ""
+
+    @property
+    def model_name(self) -> str:
+        return self.placement.model
+
+    def status(self) -> RunnerStatus:
+        return RunnerStatus(state=self._state, model=self.model_name, runner=self.kind, detail=self._detail)
+
+    def _set_state(self, state: State, detail: str = "") -> None:
+        self._state, self._detail = state, detail
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load or connect; raise ConfigError for a setup the operator must fix."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Release the backend; in-flight requests end with an error."""
+
+    @abstractmethod
+    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+        """Answer one non-streaming request."""
+
+    @abstractmethod
+    def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        """Answer one streaming request; request errors raise before the first chunk."""
+
+
+RUNNERS: dict[str, type[Runner]] = {}
+
+
+def register_runner(cls: type[Runner]) -> type[Runner]:
+    RUNNERS[cls.kind] = cls
+    return cls
+
+
+def build_runner(tier: int, placement: TierPlacement, source: str) -> Runner:
+    """Validate the placement's options against the runner's own Options model, then construct it."""
+    import runners.builtin  # noqa: F401  (registers the built-in runners)
+
+    cls = RUNNERS.get(placement.runner)
+    if cls is None:
+        known = ", ".join(sorted(RUNNERS))
+        raise ConfigError(f"{source}: tiers.{tier}.runner: unknown runner {placement.runner!r}; use one of: {known}")
+    options = validate_model(placement.options, cls.Options, source=f"{source}: tiers.{tier}")
+    return cls(tier, placement, options)
+
+

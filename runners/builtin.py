@@ -1,0 +1,3 @@
+"""Importing this module registers the built-in runners; each imports its heavy backend lazily."""
+
+import runners.llamacpp  # noqa: F401

@@ -1,0 +1,213 @@
+"""Tier 3: a quantized GGUF model on CPU through llama.cpp, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hardware.catalog import load_catalog, resolve_model_file
+from hardware.errors import ConfigError, ContextLengthExceeded, InvalidRequest, TierUnavailable
+from runners.base import Runner, register_runner
+from runners.llama_engine import EngineOptions, Finished, LlamaEngine, Piece, SamplingParams, TokenInfo
+from runners.protocol import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    new_completion_id,
+    now,
+)
+
+
+class LlamaCppOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    threads: int | Literal["auto"] = Field(default="auto", description="CPU threads; auto = cores available")
+    n_ctx: int = Field(default=2048, ge=256, le=131072, description="context window per request, in tokens")
+    max_batch: int = Field(default=8, ge=1, le=64, description="requests decoded together")
+    n_batch: int = Field(default=512, ge=32, le=8192, description="tokens per decode step, prefill included")
+    max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot; more get 503")
+
+    def thread_count(self) -> int:
+        return len(os.sched_getaffinity(0)) if self.threads == "auto" else self.threads
+
+
+@register_runner
+class LlamaCppRunner(Runner):
+    kind = "llamacpp"
+    Options = LlamaCppOptions
+    options: LlamaCppOptions
+
+    def model_file(self) -> Path:
+        if self.model_name.endswith(".gguf"):
+            path = Path(self.model_name)
+            if not path.is_file():
+                raise ConfigError(f"tiers.{self.tier}.model: {path} does not exist; give a GGUF file or a catalog name")
+            return path
+        return resolve_model_file(self.model_name, load_catalog())
+
+    async def start(self) -> None:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self._set_state("starting")
+        try:
+            opts = self.options
+            engine_options = EngineOptions(
+                threads=opts.thread_count(), n_ctx=opts.n_ctx, max_batch=opts.max_batch, n_batch=opts.n_batch,
+                max_queue=opts.max_queue,
+            )
+            self.engine = LlamaEngine(self.model_file(), engine_options)
+            await asyncio.to_thread(self.engine.load)
+            template = self.engine.chat_template()
+            if template is None:
+                raise ConfigError(f"{self.model_name} has no chat template in its GGUF metadata; use an instruct model")
+            bos, eos = self.engine.bos_eos()
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        except Exception as exc:
+            self._set_state("failed", str(exc))
+            raise
+        self._set_state("ready")
+
+    async def stop(self) -> None:
+        if self._state in ("ready", "failed") and hasattr(self, "engine"):
+            await asyncio.to_thread(self.engine.close)
+        self._set_state("stopped")
+
+    def status(self):
+        if self._state == "ready" and self.engine.failure:
+            self._set_state("failed", self.engine.failure)
+        return super().status()
+
+    # -- request translation ---------------------------------------------------------------
+    def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
+        if self._state != "ready":
+            raise TierUnavailable(f"tier {self.tier} ({self.model_name}) is {self._state}; see GET /ready")
+        if request.presence_penalty or request.frequency_penalty:
+            raise InvalidRequest("presence_penalty and frequency_penalty are not supported by the llama.cpp runner",
+                                 param="presence_penalty" if request.presence_penalty else "frequency_penalty")
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
+        ]
+        prompt_text = self._formatter(messages=messages).prompt
+        prompt = self.engine.tokenize(prompt_text, add_special=False, parse_special=True)
+        n_ctx = self.options.n_ctx
+        limit = request.token_limit()
+        if len(prompt) >= n_ctx or (limit is not None and len(prompt) + limit > n_ctx):
+            wanted = len(prompt) + (limit or 1)
+            raise ContextLengthExceeded(
+                f"this model's maximum context length is {n_ctx} tokens, but {wanted} were requested "
+                f"({len(prompt)} in the messages, {limit or 1} in the completion); shorten the messages or max_tokens",
+                param="messages",
+            )
+        params = SamplingParams(
+            temperature=1.0 if request.temperature is None else request.temperature,
+            top_p=1.0 if request.top_p is None else request.top_p,
+            seed=request.seed,
+            max_tokens=limit or n_ctx - len(prompt),
+            stop=tuple(request.stop_list()),
+            grammar=_grammar_for(request),
+            logprobs=request.logprobs,
+            top_logprobs=request.top_logprobs or 0,
+        )
+        return prompt, params
+
+    # -- answering --------------------------------------------------------------------------
+    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+        prompt, params = self.prepare(request)
+        text: list[str] = []
+        tokens: list[TokenInfo] = []
+        finished: Finished | None = None
+        async for event in self.engine.generate(prompt, params):
+            if isinstance(event, Piece):
+                text.append(event.text)
+                tokens.extend(event.tokens)
+            else:
+                finished = event
+        assert finished is not None
+        return ChatCompletion(
+            id=new_completion_id(),
+            created=now(),
+            model=self.model_name,
+            choices=[
+                Choice(
+                    message=AssistantMessage(content="".join(text)),
+                    finish_reason=finished.reason,
+                    logprobs=_logprobs(tokens) if params.logprobs else None,
+                )
+            ],
+            usage=_usage(finished),
+        )
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        prompt, params = self.prepare(request)
+        include_usage = bool(request.stream_options and request.stream_options.include_usage)
+        ident, created = new_completion_id(), now()
+
+        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(id=ident, created=created, model=self.model_name, choices=choices, usage=usage)
+
+        generation = self.engine.generate(prompt, params)
+        try:
+            first = True
+            async for event in generation:
+                if isinstance(event, Piece):
+                    delta = Delta(role="assistant", content=event.text) if first else Delta(content=event.text)
+                    first = False
+                    logprobs = _logprobs(event.tokens) if params.logprobs else None
+                    yield chunk([ChunkChoice(delta=delta, logprobs=logprobs)])
+                else:
+                    if first:
+                        yield chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+                    yield chunk([ChunkChoice(delta=Delta(), finish_reason=event.reason)])
+                    if include_usage:
+                        yield chunk([], usage=_usage(event))
+        finally:
+            await generation.aclose()
+
+
+def _grammar_for(request: ChatCompletionRequest) -> str | None:
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    schema = request.json_schema()
+    if schema is None:
+        return None
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except Exception as exc:  # the converter raises plain exceptions for schemas it cannot express
+        raise InvalidRequest(f"the JSON schema cannot be enforced by a grammar: {exc}", param="response_format") from None
+
+
+def _usage(finished: Finished) -> Usage:
+    return Usage(
+        prompt_tokens=finished.prompt_tokens,
+        completion_tokens=finished.completion_tokens,
+        total_tokens=finished.prompt_tokens + finished.completion_tokens,
+    )
+
+
+def _logprobs(tokens: list[TokenInfo]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=t.text,
+                logprob=t.logprob,
+                bytes=list(t.token_bytes),
+                top_logprobs=[TopLogprob(token=s, bytes=list(b), logprob=lp) for s, b, lp in t.top],
+            )
+            for t in tokens
+        ]
+    )

@@ -1,0 +1,51 @@
+"""How a request names its feature: model=feature:<name>, model=tier:<n>, X-Feature, default."""
+
+import pytest
+
+from hardware.errors import InvalidRequest, NotFound
+from tiers.routing import RoutingTable, resolve_route
+
+TABLE = {
+    "features": {
+        "triage": {"tier": 3, "value": "retention", "owner": "support", "failure_cost_usd": 1},
+        "contracts": {"tier": 1, "value": "risk", "owner": "legal", "failure_cost_usd": 500},
+    }
+}
+
+
+def table(**extra) -> RoutingTable:
+    return RoutingTable.model_validate({**TABLE, **extra})
+
+
+def test_feature_in_model_field_picks_its_tier():
+    route = resolve_route(table(), "feature:contracts", None)
+    assert (route.tier, route.feature, route.label) == (1, "contracts", "feature:contracts")
+
+
+def test_direct_tier_use_has_no_feature():
+    route = resolve_route(table(), "tier:2", None)
+    assert (route.tier, route.feature, route.label) == (2, None, "tier:2")
+
+
+def test_header_names_the_feature_when_model_is_any_name():
+    assert resolve_route(table(), "gpt-4o", "triage").feature == "triage"
+
+
+def test_conflicting_model_and_header_is_a_client_error():
+    with pytest.raises(InvalidRequest, match="X-Feature header names 'contracts'"):
+        resolve_route(table(), "feature:triage", "contracts")
+
+
+@pytest.mark.parametrize("model", ["feature:nope", "gpt-4o", "tier:7"])
+def test_unknown_names_are_404_without_a_default(model):
+    with pytest.raises(NotFound):
+        resolve_route(table(), model, None)
+
+
+def test_default_feature_catches_unknown_names():
+    route = resolve_route(table(default_feature="triage"), "feature:nope", None)
+    assert (route.tier, route.feature) == (3, "triage")
+
+
+def test_models_list_has_every_feature_and_tier():
+    assert table().routable_names() == ["feature:triage", "feature:contracts", "tier:1", "tier:2", "tier:3"]

@@ -1,0 +1,1 @@
+"""The gateway: routing table, tier policy, serving layer and HTTP server."""

@@ -1,0 +1,35 @@
+"""`tier-runner serve`: start the unified OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from tiers.settings import Settings
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="TIER_RUNNER_HOST")
+@click.option("--port", default=8080, show_default=True, type=int, envvar="TIER_RUNNER_PORT")
+@click.option("--profile", default="workstation", show_default=True, envvar="TIER_RUNNER_PROFILE",
+              help="hardware profile: a name under hardware/profiles or a YAML path")
+@click.option("--routing", type=click.Path(path_type=Path), default=None, envvar="TIER_RUNNER_ROUTING",
+              help="routing table YAML (default: the shipped tiers/routing.yaml)")
+@click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, envvar="TIER_RUNNER_MAX_BODY_BYTES")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, log_level: str) -> None:
+    """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
+    import uvicorn
+
+    from tiers.server import create_app
+
+    fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level}
+    if routing is not None:
+        fields["routing"] = routing
+    settings = Settings(**fields)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    app = create_app(settings)  # configuration errors stop us here, before binding
+    click.echo(f"tier-runner: serving on http://{host}:{port}/v1 with profile {profile}", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

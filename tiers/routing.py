@@ -1,0 +1,91 @@
+"""The routing table: each feature declares what a wrong answer costs, and that picks its tier."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hardware.config import load_yaml_model
+from hardware.errors import InvalidRequest, NotFound
+from hardware.profile import TierNumber
+
+DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
+FEATURE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tier: TierNumber = Field(description="1 frontier, 2 mid-size, 3 small; follows from the failure cost")
+    value: Literal["revenue", "retention", "risk", "internal"] = Field(description="what success unlocks")
+    owner: str = Field(min_length=1, description="team that owns both the cost and the failure rate")
+    failure_cost_usd: float = Field(ge=0, description="what one wrong answer costs the business")
+    description: str = ""
+
+
+class RoutingTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    features: dict[str, Feature] = Field(min_length=1)
+    default_feature: str | None = Field(
+        default=None, description="feature for requests that name no known feature; unset means 404"
+    )
+
+    @model_validator(mode="after")
+    def _names_and_default(self) -> RoutingTable:
+        for name in self.features:
+            if not re.match(FEATURE_NAME, name):
+                raise ValueError(f"feature name {name!r} must be lowercase letters, digits, '.', '_' or '-'")
+        if self.default_feature is not None and self.default_feature not in self.features:
+            raise ValueError(f"default_feature {self.default_feature!r} is not one of the features")
+        return self
+
+    def routable_names(self) -> list[str]:
+        return [f"feature:{name}" for name in self.features] + [f"tier:{n}" for n in (1, 2, 3)]
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one request goes. `feature` is None for direct `tier:<n>` use."""
+
+    tier: int
+    feature: str | None
+    spec: Feature | None
+
+    @property
+    def label(self) -> str:
+        return f"feature:{self.feature}" if self.feature else f"tier:{self.tier}"
+
+
+def resolve_route(table: RoutingTable, model: str, header_feature: str | None) -> Route:
+    """`model` may be `feature:<name>` or `tier:<n>`; otherwise the X-Feature header, then the default."""
+    if model.startswith("tier:"):
+        number = model.removeprefix("tier:")
+        if number not in ("1", "2", "3"):
+            raise NotFound(f"model {model!r} does not exist; use tier:1, tier:2 or tier:3", param="model")
+        return Route(tier=int(number), feature=None, spec=None)
+    if model.startswith("feature:"):
+        name = model.removeprefix("feature:")
+        if header_feature and header_feature != name:
+            raise InvalidRequest(
+                f"model names feature {name!r} but the X-Feature header names {header_feature!r}; send one of them",
+                param="model",
+            )
+    else:
+        name = header_feature or ""
+    if name in table.features:
+        return Route(tier=table.features[name].tier, feature=name, spec=table.features[name])
+    if table.default_feature is not None:
+        default = table.default_feature
+        return Route(tier=table.features[default].tier, feature=default, spec=table.features[default])
+    shown = name or model
+    raise NotFound(
+        f"feature {shown!r} is not in the routing table; use one of GET /v1/models, or add it to the table",
+        param="model",
+    )
+
+
+def load_routing(path: Path = DEFAULT_ROUTING) -> RoutingTable:
+    return load_yaml_model(path, RoutingTable)

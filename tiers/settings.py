@@ -1,0 +1,19 @@
+"""Server settings: where the configuration lives and the limits the HTTP layer enforces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tiers.routing import DEFAULT_ROUTING
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
+    profile: str = Field(default="workstation", description="hardware profile name or path")
+    routing: Path = Field(default=DEFAULT_ROUTING, description="routing table YAML")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
+    log_level: str = Field(default="info")
