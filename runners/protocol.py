@@ -203,3 +203,21 @@ def new_completion_id() -> str:
 def now() -> int:
     return int(time.time())
 
+
+
+def chunks_from_completion(completion: ChatCompletion, include_usage: bool) -> list[ChatCompletionChunk]:
+    """Replay a finished completion as a stream: role and content, the finish reason, then usage."""
+    choice = completion.choices[0]
+
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=completion.id, created=completion.created, model=completion.model,
+                                   choices=choices, usage=usage)
+
+    chunks = [
+        chunk([ChunkChoice(delta=Delta(role="assistant", content=choice.message.content or ""),
+                           logprobs=choice.logprobs)]),
+        chunk([ChunkChoice(delta=Delta(), finish_reason=choice.finish_reason)]),
+    ]
+    if include_usage:
+        chunks.append(chunk([], usage=completion.usage))
+    return chunks

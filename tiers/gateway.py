@@ -1,4 +1,4 @@
-"""The serving layer: turns a typed request into a route, a runner call and an answer. No HTTP here."""
+"""The serving layer: turns a typed request into a route, a policy decision and an answer. No HTTP here."""
 
 from __future__ import annotations
 
@@ -7,34 +7,50 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from hardware.errors import TierUnavailable
+from hardware.errors import ConfigError, InvalidRequest, TierUnavailable
 from hardware.profile import load_profile
 from runners.base import Runner, build_runner
-from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Model, ModelList, now
+from runners.protocol import ChatCompletionChunk, ChatCompletionRequest, Model, ModelList, now
+from tiers.policy import Attempt, Outcome, answer_gated, pick_runner
 from tiers.routing import Route, RoutingTable, load_routing, resolve_route
 from tiers.settings import Settings
 
 log = logging.getLogger("tier_runner.gateway")
 
 
+class ReloadRejected(InvalidRequest):
+    code = "invalid_config"
+
+
 @dataclass(frozen=True)
 class Dispatch:
-    """Where a request went: the HTTP layer turns this into x-tier / x-model / x-feature headers."""
+    """Where a request goes, decided once at its start: a reload mid-request does not change it."""
 
     route: Route
     runner: Runner
+    downgraded: bool
+
+    @property
+    def gated(self) -> bool:
+        return bool(self.route.spec and self.route.spec.gates())
 
 
 class Gateway:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.routing: RoutingTable = load_routing(settings.routing)
+        self._routing_stamp = _stamp(settings)
         self.profile_path, self.profile = load_profile(settings.profile)
         source = str(self.profile_path)
         self.runners: dict[int, Runner] = {
             tier: build_runner(tier, placement, source) for tier, placement in self.profile.tiers.items()
         }
         self.started_at = now()
+        self._watcher: asyncio.Task | None = None
+
+    @property
+    def profile_name(self) -> str:
+        return self.profile_path.stem
 
     async def start(self) -> None:
         """Start every runner of the profile concurrently; any failure stops the ones that started."""
@@ -44,26 +60,77 @@ class Gateway:
             await self.stop()
             raise errors[0]
         for tier, runner in sorted(self.runners.items()):
-            log.info("tier %s ready: %s on %s", tier, runner.model_name, runner.kind)
+            status = runner.status()
+            log.info("tier %s %s: %s on %s %s", tier, status.state, runner.model_name, runner.kind, status.detail)
+        if self.settings.reload_interval_s > 0:
+            self._watcher = asyncio.create_task(self._watch_routing())
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+
+    # -- live reload of the routing table ---------------------------------------------------------
+    def reload_routing(self) -> RoutingTable:
+        """Swap in the routing table from disk; a bad file is rejected and the old table keeps serving."""
+        stamp = _stamp(self.settings)
+        try:
+            table = load_routing(self.settings.routing)
+        except ConfigError as exc:
+            self._routing_stamp = stamp  # do not retry the same broken file every tick
+            log.error("routing reload rejected, the previous table keeps serving: %s", exc.message)
+            raise ReloadRejected(f"reload rejected, the previous table keeps serving: {exc.message}") from None
+        self.routing, self._routing_stamp = table, stamp
+        log.info("routing table reloaded from %s: %d features", self.settings.routing, len(table.features))
+        return table
+
+    async def _watch_routing(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.reload_interval_s)
+            if _stamp(self.settings) != self._routing_stamp:
+                try:
+                    self.reload_routing()
+                except ReloadRejected:
+                    pass  # already logged; the old table stays
 
     # -- requests ----------------------------------------------------------------------------
     def dispatch(self, request: ChatCompletionRequest, header_feature: str | None) -> Dispatch:
         route = resolve_route(self.routing, request.model, header_feature)
-        runner = self.runners.get(route.tier)
-        if runner is None:
-            raise TierUnavailable(
-                f"tier {route.tier} is not served by profile {self.profile_path.stem!r} ({self.profile_path}); "
-                f"add a `tiers.{route.tier}` entry (runner, device, model) to that file or choose another profile"
-            )
-        return Dispatch(route=route, runner=runner)
+        runner, downgraded = pick_runner(route, self.runners, self.profile_name)
+        return Dispatch(route=route, runner=runner, downgraded=downgraded)
 
-    async def complete(self, dispatch: Dispatch, request: ChatCompletionRequest) -> ChatCompletion:
-        return await dispatch.runner.complete(request)
+    async def complete(self, dispatch: Dispatch, request: ChatCompletionRequest) -> Outcome:
+        """Answer on the dispatched tier; if that tier turns out to be down, only an allowed fallback may answer."""
+        try:
+            return await self._answer(dispatch, request)
+        except TierUnavailable:
+            fallback = self._fallback_after_failure(dispatch)
+            if fallback is None:
+                raise
+            log.warning("tier %s unavailable for %s; serving from fallback tier %s", dispatch.runner.tier,
+                        dispatch.route.label, fallback.runner.tier)
+            return await self._answer(fallback, request)
+
+    def _fallback_after_failure(self, dispatch: Dispatch) -> Dispatch | None:
+        allowed = dispatch.route.spec.fallback if dispatch.route.spec else []
+        for tier in allowed:
+            runner = self.runners.get(tier)
+            if runner is not None and runner is not dispatch.runner and runner.status().state == "ready":
+                return Dispatch(route=dispatch.route, runner=runner, downgraded=tier > dispatch.route.tier)
+        return None
+
+    async def _answer(self, dispatch: Dispatch, request: ChatCompletionRequest) -> Outcome:
+        if dispatch.gated:
+            outcome = await answer_gated(dispatch.route, dispatch.runner, request, self.runners, self.profile_name)
+        else:
+            completion = await dispatch.runner.complete(request)
+            attempt = Attempt(dispatch.runner.tier, dispatch.runner.model_name, "primary")
+            outcome = Outcome(completion=completion, runner=dispatch.runner, attempts=[attempt])
+        outcome.downgraded = dispatch.downgraded
+        return outcome
 
     def stream(self, dispatch: Dispatch, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        """Ungated requests only: gated ones are buffered through `complete` so the gate sees the whole answer."""
         return dispatch.runner.stream(request)
 
     # -- introspection -----------------------------------------------------------------------
@@ -77,9 +144,16 @@ class Gateway:
         for tier in (1, 2, 3):
             runner = self.runners.get(tier)
             if runner is None:
-                tiers[str(tier)] = {"state": "not_configured", "detail": f"profile {self.profile_path.stem!r} has no tiers.{tier}"}
+                tiers[str(tier)] = {"state": "not_configured", "detail": f"profile {self.profile_name!r} has no tiers.{tier}"}
             else:
                 tiers[str(tier)] = runner.status().model_dump()
         ready = all(r.status().state == "ready" for r in self.runners.values())
         return ready, {"status": "ready" if ready else "not_ready", "profile": str(self.profile_path), "tiers": tiers}
 
+
+def _stamp(settings: Settings) -> tuple[int, int] | None:
+    try:
+        stat = settings.routing.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size

@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from hardware.config import load_yaml_model
 from hardware.errors import InvalidRequest, NotFound
 from hardware.profile import TierNumber
+from tiers.gates import Gate, GateSpec
 
 DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
 FEATURE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -24,6 +25,35 @@ class Feature(BaseModel):
     owner: str = Field(min_length=1, description="team that owns both the cost and the failure rate")
     failure_cost_usd: float = Field(ge=0, description="what one wrong answer costs the business")
     description: str = ""
+    gate: GateSpec | None = Field(default=None, description="quality checks every answer must pass")
+    retries: int = Field(default=0, ge=0, le=3, description="same-tier retries after a gate failure")
+    escalate_to: TierNumber | None = Field(
+        default=None, description="stronger tier for answers that fail the gate (default: tier 1)"
+    )
+    _gates: list[Gate] = PrivateAttr(default_factory=list)
+    fallback: list[TierNumber] = Field(
+        default_factory=list, description="other tiers allowed, in order, while this feature's tier is down"
+    )
+
+    @model_validator(mode="after")
+    def _cascade_is_coherent(self) -> Feature:
+        if self.escalate_to is not None:
+            if self.gate is None:
+                raise ValueError("escalate_to needs a gate: escalation happens when an answer fails it")
+            if self.escalate_to >= self.tier:
+                raise ValueError(f"escalate_to must be a stronger tier (a number below {self.tier})")
+        if self.tier in self.fallback:
+            raise ValueError("fallback lists other tiers; the feature's own tier is always tried first")
+        self._gates = self.gate.build() if self.gate else []
+        return self
+
+    def gates(self) -> list[Gate]:
+        return self._gates
+
+    def escalation_tier(self) -> int | None:
+        if self.gate is None or self.tier == 1:
+            return self.escalate_to
+        return self.escalate_to or 1
 
 
 class RoutingTable(BaseModel):

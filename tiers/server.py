@@ -10,8 +10,18 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from hardware.errors import TierRunnerError
-from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
+from runners.base import Runner
+from runners.protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelList,
+    Usage,
+    chunks_from_completion,
+)
 from tiers.gateway import Dispatch, Gateway
+from tiers.policy import Outcome
 from tiers.http_errors import error_for, install_error_handlers
 from tiers.http_middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tiers.settings import Settings
@@ -45,16 +55,27 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         x_feature: Annotated[str | None, Header()] = None,
     ):
         dispatch = gateway.dispatch(body, x_feature)
-        _record_route(request, dispatch)
-        headers = _route_headers(dispatch)
-        if not body.stream:
-            completion = await gateway.complete(dispatch, body)
-            request.state.prompt_tokens = completion.usage.prompt_tokens
-            request.state.completion_tokens = completion.usage.completion_tokens
-            return JSONResponse(completion.model_dump(mode="json"), headers=headers)
-        chunks = gateway.stream(dispatch, body)
-        first = await anext(chunks)  # request errors surface here, as a plain HTTP error
-        return StreamingResponse(_sse(request, first, chunks), media_type="text/event-stream", headers=headers)
+        request.state.feature = dispatch.route.label
+        if body.stream and not dispatch.gated:
+            chunks = gateway.stream(dispatch, body)
+            first = await anext(chunks)  # request errors surface here, as a plain HTTP error
+            headers = _headers(dispatch, dispatch.runner, attempts=None)
+            _record(request, dispatch.runner)
+            return StreamingResponse(_sse(request, first, chunks), media_type="text/event-stream", headers=headers)
+        outcome = await gateway.complete(dispatch, body)
+        headers = _headers(dispatch, outcome.runner, attempts=outcome)
+        _record(request, outcome.runner, outcome.completion.usage)
+        if body.stream:  # gated: the whole answer was checked before the first byte
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            chunks = _aiter(chunks_from_completion(outcome.completion, include_usage))
+            first = await anext(chunks)
+            return StreamingResponse(_sse(request, first, chunks), media_type="text/event-stream", headers=headers)
+        return JSONResponse(outcome.completion.model_dump(mode="json"), headers=headers)
+
+    @app.post("/admin/reload")
+    async def reload_routing() -> dict:
+        table = gateway.reload_routing()
+        return {"status": "reloaded", "routing": str(settings.routing), "features": sorted(table.features)}
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
@@ -72,19 +93,34 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     return app
 
 
-def _record_route(request: Request, dispatch: Dispatch) -> None:
-    request.state.feature = dispatch.route.label
-    request.state.tier = dispatch.route.tier
-    request.state.model = dispatch.runner.model_name
+def _record(request: Request, runner: Runner, usage: Usage | None = None) -> None:
+    request.state.tier = runner.tier
+    request.state.model = runner.model_name
+    if usage is not None:
+        request.state.prompt_tokens = usage.prompt_tokens
+        request.state.completion_tokens = usage.completion_tokens
 
 
-def _route_headers(dispatch: Dispatch) -> dict[str, str]:
-    return {
-        "x-tier": str(dispatch.route.tier),
-        "x-model": dispatch.runner.model_name,
+def _headers(dispatch: Dispatch, runner: Runner, attempts: Outcome | None) -> dict[str, str]:
+    """How the answer was made: tier, model, feature, and for gated features the cascade."""
+    headers = {
+        "x-tier": str(runner.tier),
+        "x-model": runner.model_name,
         "x-feature": dispatch.route.label,
+        "x-downgraded": "true" if (attempts.downgraded if attempts else dispatch.downgraded) else "false",
         "cache-control": "no-cache",
     }
+    headers["x-escalated"] = "true" if attempts and attempts.escalated else "false"
+    if attempts is not None:
+        headers["x-attempts"] = ",".join(a.summary for a in attempts.attempts)
+        if attempts.verdict is not None:
+            headers["x-gate"] = attempts.verdict.header
+    return headers
+
+
+async def _aiter(items):
+    for item in items:
+        yield item
 
 
 async def _sse(request: Request, first: ChatCompletionChunk, chunks: AsyncIterator[ChatCompletionChunk]):

@@ -17,3 +17,4 @@ class Settings(BaseModel):
     routing: Path = Field(default=DEFAULT_ROUTING, description="routing table YAML")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
     log_level: str = Field(default="info")
+    reload_interval_s: float = Field(default=1.0, ge=0, description="how often to check the routing file; 0 = never")
