@@ -49,3 +49,22 @@ def test_default_feature_catches_unknown_names():
 
 def test_models_list_has_every_feature_and_tier():
     assert table().routable_names() == ["feature:triage", "feature:contracts", "tier:1", "tier:2", "tier:3"]
+
+
+@pytest.mark.parametrize(("feature", "message"), [
+    ({"tier": 2, "escalate_to": 1}, "escalate_to needs a gate"),
+    ({"tier": 2, "escalate_to": 3, "gate": {"regex": "x"}}, "escalate_to must be a stronger tier"),
+    ({"tier": 1, "fallback": [1]}, "fallback lists other tiers"),
+])
+def test_cascade_settings_are_checked_at_load(feature, message):
+    base = {"value": "revenue", "owner": "ops", "failure_cost_usd": 1}
+    with pytest.raises(ValueError, match=message):
+        RoutingTable.model_validate({"features": {"f": {**base, **feature}}})
+
+
+def test_gated_tier2_feature_escalates_to_tier1_by_default():
+    base = {"value": "revenue", "owner": "ops", "failure_cost_usd": 1, "gate": {"regex": "x"}}
+    table = RoutingTable.model_validate({"features": {"t2": {**base, "tier": 2}, "t3": {**base, "tier": 3,
+                                                                                       "escalate_to": 2}}})
+    assert table.features["t2"].escalation_tier() == 1
+    assert table.features["t3"].escalation_tier() == 2
