@@ -32,6 +32,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/tier3_single_stream.py
+	$(PY) benchmarks/cascade.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
