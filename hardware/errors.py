@@ -51,3 +51,11 @@ class RunnerFailed(TierRunnerError):
     status_code = 502
     error_type = "server_error"
     code = "runner_failed"
+
+
+class BudgetExceeded(TierRunnerError):
+    """A feature in `block` mode has spent its budget for the period."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "budget_exceeded"

@@ -27,6 +27,30 @@ class Device(BaseModel):
         return self
 
 
+class Price(BaseModel):
+    """What a tier costs: hosted APIs per token; local tiers per token or per hour of hardware."""
+
+    model_config = ConfigDict(extra="forbid")
+    input_per_m: float = Field(default=0.0, ge=0, description="USD per million prompt tokens")
+    output_per_m: float = Field(default=0.0, ge=0, description="USD per million completion tokens")
+    per_hour: float | None = Field(default=None, ge=0, description="USD per hour of the device, spread over throughput")
+    throughput_tok_s: float | None = Field(
+        default=None, gt=0, description="measured completion tokens/s of the tier (make bench) for per_hour pricing"
+    )
+
+    @model_validator(mode="after")
+    def _hourly_needs_throughput(self) -> Price:
+        if self.per_hour is not None and self.throughput_tok_s is None:
+            raise ValueError("per_hour needs throughput_tok_s (the tier's measured completion tokens per second)")
+        return self
+
+    def cost_usd(self, prompt_tokens: int, completion_tokens: int) -> float:
+        cost = (prompt_tokens * self.input_per_m + completion_tokens * self.output_per_m) / 1e6
+        if self.per_hour is not None and self.throughput_tok_s:
+            cost += self.per_hour / 3600 * completion_tokens / self.throughput_tok_s
+        return cost
+
+
 class TierPlacement(BaseModel):
     """Runner, device and model for one tier; the runner validates its own remaining options."""
 
@@ -34,6 +58,7 @@ class TierPlacement(BaseModel):
     runner: str = Field(description="a registered runner: llamacpp, vllm or hosted")
     device: str | None = Field(default=None, description="a key of `devices`; hosted runners have none")
     model: str = Field(description="a catalog model name, or the provider's model id for hosted runners")
+    price: Price = Field(default_factory=Price, description="used for the ledger's cost_usd")
 
     @property
     def options(self) -> dict[str, Any]:

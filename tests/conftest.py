@@ -28,6 +28,9 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
+        self.data_dir = log_path.parent / f"data-{self.port}"
+        if "--data-dir" not in args:
+            args = ("--data-dir", str(self.data_dir), *args)
         cmd = [sys.executable, "-m", "tiers", "serve", "--port", str(self.port), *args]
         self.log = log_path.open("w")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
@@ -78,3 +81,37 @@ def openai_client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server.base_url}/v1", api_key="not-needed-on-loopback", max_retries=0)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL for the session; tests take a fresh database each via `fresh_postgres_url`."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer(free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres) -> str:
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_url(request, tmp_path) -> str:
+    """Each ledger test runs on both backends: SQLite (the default) and a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ledger.db'}"
+    return request.getfixturevalue("fresh_postgres_url")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import jsonschema
@@ -153,7 +154,10 @@ def test_request_log_has_one_line_per_request_without_prompt_text(openai_client,
     raw = openai_client.chat.completions.with_raw_response.create(
         model="tier:3", messages=[{"role": "user", "content": secret_prompt}], max_tokens=4, temperature=0)
     request_id = raw.headers["x-request-id"]
-    lines = [line for line in server.output().splitlines() if request_id in line]
+    deadline = time.monotonic() + 5  # the line is written when the response has been sent
+    while not (lines := [line for line in server.output().splitlines() if request_id in line]):
+        assert time.monotonic() < deadline, "no log line for the request"
+        time.sleep(0.05)
     assert len(lines) == 1
     record = json.loads(lines[0].split("tier_runner.requests ", 1)[1])
     assert record["status"] == 200 and record["tier"] == 3 and record["completion_tokens"] <= 4

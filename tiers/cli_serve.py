@@ -18,14 +18,20 @@ from tiers.settings import Settings
 @click.option("--routing", type=click.Path(path_type=Path), default=None, envvar="TIER_RUNNER_ROUTING",
               help="routing table YAML (default: the shipped tiers/routing.yaml)")
 @click.option("--max-body-bytes", type=int, default=1 << 20, show_default=True, envvar="TIER_RUNNER_MAX_BODY_BYTES")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".data"), show_default=True,
+              envvar="TIER_RUNNER_DATA_DIR", help="ledger database and spool")
+@click.option("--ledger-url", default=None, envvar="TIER_RUNNER_LEDGER_URL",
+              help="SQLAlchemy URL of the ledger (default: SQLite in the data dir), e.g. postgresql+psycopg://...")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
-def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, log_level: str) -> None:
+def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
+          ledger_url: str | None, log_level: str) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
     from tiers.server import create_app
 
-    fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level}
+    fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level,
+              "data_dir": data_dir, "ledger_url": ledger_url}
     if routing is not None:
         fields["routing"] = routing
     settings = Settings(**fields)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from hardware.errors import ConfigError, InvalidRequest, TierUnavailable
-from hardware.profile import load_profile
+from hardware.profile import Price, load_profile
 from runners.base import Runner, build_runner
 from runners.protocol import ChatCompletionChunk, ChatCompletionRequest, Model, ModelList, now
 from tiers.policy import Attempt, Outcome, answer_gated, pick_runner
@@ -123,8 +124,10 @@ class Gateway:
         if dispatch.gated:
             outcome = await answer_gated(dispatch.route, dispatch.runner, request, self.runners, self.profile_name)
         else:
+            started = time.perf_counter()
             completion = await dispatch.runner.complete(request)
-            attempt = Attempt(dispatch.runner.tier, dispatch.runner.model_name, "primary")
+            attempt = Attempt(dispatch.runner.tier, dispatch.runner.model_name, "primary", usage=completion.usage,
+                              latency_ms=(time.perf_counter() - started) * 1000)
             outcome = Outcome(completion=completion, runner=dispatch.runner, attempts=[attempt])
         outcome.downgraded = dispatch.downgraded
         return outcome
@@ -132,6 +135,9 @@ class Gateway:
     def stream(self, dispatch: Dispatch, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         """Ungated requests only: gated ones are buffered through `complete` so the gate sees the whole answer."""
         return dispatch.runner.stream(request)
+
+    def price(self, tier: int) -> Price:
+        return self.profile.tiers[tier].price
 
     # -- introspection -----------------------------------------------------------------------
     def models(self) -> ModelList:

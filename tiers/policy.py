@@ -10,11 +10,12 @@ down is served by another tier only if its `fallback` list names it, and the res
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from hardware.errors import TierUnavailable
 from runners.base import Runner
-from runners.protocol import ChatCompletion, ChatCompletionRequest, ResponseFormat
+from runners.protocol import ChatCompletion, ChatCompletionRequest, ResponseFormat, Usage
 from tiers.gates import Gate, Verdict, run_gates
 from tiers.routing import Route
 
@@ -27,6 +28,8 @@ class Attempt:
     model: str
     role: str  # primary, retry or escalation
     verdict: Verdict | None = None
+    usage: Usage | None = None
+    latency_ms: float = 0.0
 
     @property
     def summary(self) -> str:
@@ -81,8 +84,9 @@ async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequ
     gates = route.spec.gates()
     outcome = Outcome(completion=None, runner=runner)  # type: ignore[arg-type]
     for role in ["primary"] + ["retry"] * route.spec.retries:
-        completion, verdict = await _gated_call(runner, request, gates, seed_offset=len(outcome.attempts))
-        outcome.attempts.append(Attempt(runner.tier, runner.model_name, role, verdict))
+        started = time.perf_counter()
+        completion, verdict, usage = await _gated_call(runner, request, gates, seed_offset=len(outcome.attempts))
+        outcome.attempts.append(Attempt(runner.tier, runner.model_name, role, verdict, usage, _ms_since(started)))
         outcome.completion = completion
         if verdict.passed:
             return outcome
@@ -94,11 +98,12 @@ async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequ
     if stronger is None or stronger.status().state != "ready":
         state = "not served by profile " + repr(profile_name) if stronger is None else stronger.status().state
         raise TierUnavailable(f"{why}, which is {state}; the unverified answer is not returned")
+    started = time.perf_counter()
     try:
-        completion, verdict = await _gated_call(stronger, _with_gate_schema(request, gates), gates, seed_offset=0)
+        completion, verdict, usage = await _gated_call(stronger, _with_gate_schema(request, gates), gates, seed_offset=0)
     except TierUnavailable as exc:
         raise TierUnavailable(f"{why}: {exc.message}; the unverified answer is not returned") from None
-    outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", verdict))
+    outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", verdict, usage, _ms_since(started)))
     outcome.completion, outcome.runner = completion, stronger
     return outcome
 
@@ -113,7 +118,8 @@ def _with_gate_schema(request: ChatCompletionRequest, gates: list[Gate]) -> Chat
 
 
 async def _gated_call(runner: Runner, request: ChatCompletionRequest, gates: list[Gate],
-                      seed_offset: int) -> tuple[ChatCompletion, Verdict]:
+                      seed_offset: int) -> tuple[ChatCompletion, Verdict, Usage]:
+    """One attempt: k samples for a consistency gate, else one; usage counts every sample's tokens."""
     samples = max(g.samples for g in gates)
     wants_logprobs = any(g.needs_logprobs for g in gates)
     asked = request.model_copy(update={"stream": False, "stream_options": None})
@@ -133,4 +139,11 @@ async def _gated_call(runner: Runner, request: ChatCompletionRequest, gates: lis
     completion = answers[verdict.chosen]
     if wants_logprobs and not request.logprobs:
         completion.choices[0].logprobs = None
-    return completion, verdict
+    usage = Usage(prompt_tokens=sum(a.usage.prompt_tokens for a in answers),
+                  completion_tokens=sum(a.usage.completion_tokens for a in answers),
+                  total_tokens=sum(a.usage.total_tokens for a in answers))
+    return completion, verdict, usage
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000

@@ -18,6 +18,20 @@ DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
 FEATURE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 
 
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    usd: float = Field(gt=0, description="spend allowed per period")
+    period: Literal["day", "week", "month"] = "month"
+    action: Literal["alert", "block", "allow"] = Field(
+        default="alert", description="alert: log and flag; block: 429 until the period ends; allow: only flag"
+    )
+
+
+class StoreText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    retention_days: float = Field(gt=0, le=365, description="stored prompts and answers are erased after this")
+
+
 class Feature(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tier: TierNumber = Field(description="1 frontier, 2 mid-size, 3 small; follows from the failure cost")
@@ -30,6 +44,8 @@ class Feature(BaseModel):
     escalate_to: TierNumber | None = Field(
         default=None, description="stronger tier for answers that fail the gate (default: tier 1)"
     )
+    budget: Budget | None = Field(default=None, description="spend per period, and what happens past it")
+    store_text: StoreText | None = Field(default=None, description="opt in to keep prompts and answers for evals")
     _gates: list[Gate] = PrivateAttr(default_factory=list)
     fallback: list[TierNumber] = Field(
         default_factory=list, description="other tiers allowed, in order, while this feature's tier is down"
@@ -59,6 +75,10 @@ class Feature(BaseModel):
 class RoutingTable(BaseModel):
     model_config = ConfigDict(extra="forbid")
     features: dict[str, Feature] = Field(min_length=1)
+    failure_targets: dict[TierNumber, float] = Field(
+        default_factory=lambda: {1: 0.02, 2: 0.05, 3: 0.15},
+        description="highest acceptable failure rate per tier; the audit and promotion compare against it",
+    )
     default_feature: str | None = Field(
         default=None, description="feature for requests that name no known feature; unset means 404"
     )

@@ -1,48 +1,59 @@
-"""HTTP routes only: parse, call the gateway, shape the response. Built by `create_app(settings)`."""
+"""HTTP routes only: parse, call the serving layer, shape the response. Built by `create_app(settings)`."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import FastAPI, Header, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
 
-from hardware.errors import TierRunnerError
-from runners.base import Runner
-from runners.protocol import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ErrorResponse,
-    ModelList,
-    Usage,
-    chunks_from_completion,
-)
-from tiers.gateway import Dispatch, Gateway
-from tiers.policy import Outcome
+from hardware.errors import InvalidRequest, TierRunnerError
+from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
+from tiers.audit import run_audit
+from tiers.chat import ChatReply, ChatService
+from tiers.gateway import Gateway
 from tiers.http_errors import error_for, install_error_handlers
 from tiers.http_middleware import BodyLimitMiddleware, RequestContextMiddleware
+from tiers.ledger.store import Ledger
+from tiers.metrics import Metrics
+from tiers.recorder import Recorder
 from tiers.settings import Settings
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 429, 503)}
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    request_id: str = Field(min_length=1, max_length=64, description="the x-request-id of the answer")
+    outcome: Literal["accepted", "corrected", "escalated_to_human", "negative"]
+    note: str | None = Field(default=None, max_length=2000)
 
 
 def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
-    """The gateway is built here (config errors surface before the server binds) and started in lifespan."""
+    """Configuration errors surface here, before the server binds; runners and the ledger start in lifespan."""
     gateway = gateway or Gateway(settings)
+    ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
+    metrics = Metrics()
+    chat = ChatService(gateway, Recorder(ledger, metrics))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        await gateway.start()
+        ledger.start()
         try:
+            await gateway.start()
             yield
         finally:
             await gateway.stop()
+            ledger.close()
 
     app = FastAPI(title="value-tier-runner", version="0.1.0", lifespan=lifespan)
     app.state.gateway = gateway
+    app.state.ledger = ledger
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -54,23 +65,29 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         request: Request,
         x_feature: Annotated[str | None, Header()] = None,
     ):
-        dispatch = gateway.dispatch(body, x_feature)
-        request.state.feature = dispatch.route.label
-        if body.stream and not dispatch.gated:
-            chunks = gateway.stream(dispatch, body)
-            first = await anext(chunks)  # request errors surface here, as a plain HTTP error
-            headers = _headers(dispatch, dispatch.runner, attempts=None)
-            _record(request, dispatch.runner)
-            return StreamingResponse(_sse(request, first, chunks), media_type="text/event-stream", headers=headers)
-        outcome = await gateway.complete(dispatch, body)
-        headers = _headers(dispatch, outcome.runner, attempts=outcome)
-        _record(request, outcome.runner, outcome.completion.usage)
-        if body.stream:  # gated: the whole answer was checked before the first byte
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _aiter(chunks_from_completion(outcome.completion, include_usage))
-            first = await anext(chunks)
-            return StreamingResponse(_sse(request, first, chunks), media_type="text/event-stream", headers=headers)
-        return JSONResponse(outcome.completion.model_dump(mode="json"), headers=headers)
+        reply = await chat.handle(request.state.request_id, body, x_feature)
+        if reply.chunks is not None:
+            return StreamingResponse(_sse(request, reply), media_type="text/event-stream", headers=reply.headers)
+        _log_fields(request, reply)
+        return JSONResponse(reply.completion.model_dump(mode="json"), headers=reply.headers)
+
+    @app.post("/v1/feedback", responses=ERRORS)
+    async def feedback(body: FeedbackRequest) -> dict:
+        await asyncio.to_thread(ledger.add_feedback, body.request_id, body.outcome, body.note)
+        return {"status": "recorded", "request_id": body.request_id, "outcome": body.outcome}
+
+    @app.get("/v1/audit")
+    async def feature_audit(window_hours: float = 24 * 7) -> dict:
+        if not 0 < window_hours <= 24 * 366:
+            raise InvalidRequest("window_hours must be in (0, 8784]", param="window_hours")
+        await asyncio.to_thread(ledger.flush, 5)
+        since = time.time() - window_hours * 3600
+        result = await asyncio.to_thread(run_audit, ledger.engine, gateway.routing, since)
+        return result.as_dict()
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/admin/reload")
     async def reload_routing() -> dict:
@@ -88,57 +105,26 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     @app.get("/ready")
     async def ready() -> JSONResponse:
         is_ready, body = gateway.readiness()
+        body["ledger"] = {"state": "degraded" if ledger.last_error else "ok", "detail": ledger.last_error or ""}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     return app
 
 
-def _record(request: Request, runner: Runner, usage: Usage | None = None) -> None:
-    request.state.tier = runner.tier
-    request.state.model = runner.model_name
-    if usage is not None:
-        request.state.prompt_tokens = usage.prompt_tokens
-        request.state.completion_tokens = usage.completion_tokens
+def _log_fields(request: Request, reply: ChatReply) -> None:
+    for key, value in reply.summary.items():
+        setattr(request.state, key, value)
 
 
-def _headers(dispatch: Dispatch, runner: Runner, attempts: Outcome | None) -> dict[str, str]:
-    """How the answer was made: tier, model, feature, and for gated features the cascade."""
-    headers = {
-        "x-tier": str(runner.tier),
-        "x-model": runner.model_name,
-        "x-feature": dispatch.route.label,
-        "x-downgraded": "true" if (attempts.downgraded if attempts else dispatch.downgraded) else "false",
-        "cache-control": "no-cache",
-    }
-    headers["x-escalated"] = "true" if attempts and attempts.escalated else "false"
-    if attempts is not None:
-        headers["x-attempts"] = ",".join(a.summary for a in attempts.attempts)
-        if attempts.verdict is not None:
-            headers["x-gate"] = attempts.verdict.header
-    return headers
-
-
-async def _aiter(items):
-    for item in items:
-        yield item
-
-
-async def _sse(request: Request, first: ChatCompletionChunk, chunks: AsyncIterator[ChatCompletionChunk]):
+async def _sse(request: Request, reply: ChatReply) -> AsyncIterator[str]:
     """Server-sent events ending in [DONE]; a failure mid-stream becomes an error event."""
+    chunks: AsyncIterator[ChatCompletionChunk] = reply.chunks
     try:
-        chunk = first
-        while True:
-            if chunk.usage is not None:
-                request.state.prompt_tokens = chunk.usage.prompt_tokens
-                request.state.completion_tokens = chunk.usage.completion_tokens
+        async for chunk in chunks:
             yield f"data: {chunk.model_dump_json()}\n\n"
-            try:
-                chunk = await anext(chunks)
-            except StopAsyncIteration:
-                break
         yield "data: [DONE]\n\n"
     except TierRunnerError as exc:
-        request.state.error = exc.code or exc.error_type
         yield f"data: {error_for(exc).body.decode()}\n\n"
     finally:
         await chunks.aclose()
+        _log_fields(request, reply)

@@ -17,4 +17,11 @@ class Settings(BaseModel):
     routing: Path = Field(default=DEFAULT_ROUTING, description="routing table YAML")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
     log_level: str = Field(default="info")
+    data_dir: Path = Field(default=Path(".data"), description="ledger database and spool live here")
+    ledger_url: str | None = Field(
+        default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir"
+    )
     reload_interval_s: float = Field(default=1.0, ge=0, description="how often to check the routing file; 0 = never")
+
+    def ledger_database_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"

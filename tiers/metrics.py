@@ -1,0 +1,53 @@
+"""Prometheus metrics, fed from the same rows as the ledger so the two always agree."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from tiers.ledger.rows import LedgerRow
+
+LABELS = ("feature", "tier", "model")
+
+
+class Metrics:
+    """One registry per app (not the global one), so tests and several apps in a process stay apart."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("tier_requests", "Requests answered (final attempts)", LABELS, registry=r)
+        self.attempts = Counter("tier_attempts", "Attempts on a tier, retries and escalations included", LABELS,
+                                registry=r)
+        self.latency = Histogram("tier_request_latency_seconds", "Attempt latency", LABELS, registry=r,
+                                 buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        self.tokens = Counter("tier_tokens", "Tokens", LABELS + ("kind",), registry=r)
+        self.cost = Counter("tier_cost_usd", "Spend in USD", LABELS, registry=r)
+        self.cache_hits = Counter("tier_cache_hits", "Answers served from the semantic cache", LABELS, registry=r)
+        self.escalations = Counter("tier_escalations", "Requests escalated to a stronger tier", LABELS, registry=r)
+        self.gate_failures = Counter("tier_gate_failures", "Attempts that failed their gate", LABELS + ("gate",),
+                                     registry=r)
+        self.errors = Counter("tier_errors", "Attempts that ended in an error", LABELS + ("error_type",), registry=r)
+        self.budget_exceeded = Counter("tier_budget_exceeded", "Requests seen over their feature budget",
+                                       ("feature", "action"), registry=r)
+
+    def observe(self, rows: list[LedgerRow]) -> None:
+        for row in rows:
+            labels = (row.feature or row.route, str(row.serving_tier or ""), row.model or "")
+            self.attempts.labels(*labels).inc()
+            if row.final:
+                self.requests.labels(*labels).inc()
+                if row.escalated:
+                    self.escalations.labels(*labels).inc()
+            self.latency.labels(*labels).observe(row.latency_ms / 1000)
+            self.tokens.labels(*labels, "prompt").inc(row.prompt_tokens)
+            self.tokens.labels(*labels, "completion").inc(row.completion_tokens)
+            self.cost.labels(*labels).inc(row.cost_usd)
+            if row.cache_hit:
+                self.cache_hits.labels(*labels).inc()
+            if row.gate_passed is False:
+                self.gate_failures.labels(*labels, row.gate or "").inc()
+            if row.error_type:
+                self.errors.labels(*labels, row.error_type).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
