@@ -75,10 +75,25 @@ class FileSource(BaseModel):
         return self.file
 
 
+class ConvertedSource(BaseModel):
+    """A transformers folder made from another catalog model by `tier-runner models convert` (for vLLM)."""
+
+    model_config = ConfigDict(extra="forbid")
+    converted_from: str = Field(description="catalog name of the GGUF model it is converted from")
+    folder: str = Field(description="folder name of the converted model in the cache")
+
+    def install_hint(self) -> str:
+        return (f"convert it once with `make vllm-setup`, or: .venv-vllm/bin/tier-runner models convert "
+                f"{self.converted_from} {self.locate()}")
+
+    def locate(self) -> Path:
+        return cache_dir() / self.folder
+
+
 class CatalogEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format: Literal["gguf", "hf"] = Field(description="gguf for llama.cpp, hf for a transformers folder")
-    source: Annotated[PypiSource | PartsSource | FileSource, Field(union_mode="left_to_right")]
+    source: Annotated[PypiSource | PartsSource | ConvertedSource | FileSource, Field(union_mode="left_to_right")]
     size_bytes: int | None = Field(default=None, ge=1, description="expected size, used by the fit check")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     license: str | None = None

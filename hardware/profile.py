@@ -51,6 +51,15 @@ class Price(BaseModel):
         return cost
 
 
+class RestartPolicy(BaseModel):
+    """How the supervisor brings a failed tier back: exponential backoff between tries."""
+
+    model_config = ConfigDict(extra="forbid")
+    backoff_s: float = Field(default=1.0, gt=0, le=3600, description="wait before the first restart")
+    backoff_max_s: float = Field(default=60.0, gt=0, le=86400, description="longest wait; doubles up to this")
+    check_interval_s: float = Field(default=2.0, gt=0, le=600, description="how often each tier is health-checked")
+
+
 class TierPlacement(BaseModel):
     """Runner, device and model for one tier; the runner validates its own remaining options."""
 
@@ -59,6 +68,7 @@ class TierPlacement(BaseModel):
     device: str | None = Field(default=None, description="a key of `devices`; hosted runners have none")
     model: str = Field(description="a catalog model name, or the provider's model id for hosted runners")
     price: Price = Field(default_factory=Price, description="used for the ledger's cost_usd")
+    restart: RestartPolicy = Field(default_factory=RestartPolicy, description="restart backoff after a failure")
 
     @property
     def options(self) -> dict[str, Any]:

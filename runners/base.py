@@ -9,8 +9,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel
 
 from hardware.config import validate_model
-from hardware.errors import ConfigError
-from hardware.profile import TierPlacement
+from hardware.errors import ConfigError, InvalidRequest
+from hardware.fit import Need
+from hardware.profile import Device, TierPlacement
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 State = Literal["starting", "ready", "failed", "stopped"]
@@ -29,10 +30,11 @@ class Runner(ABC):
     kind: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
 
-    def __init__(self, tier: int, placement: TierPlacement, options: Any):
+    def __init__(self, tier: int, placement: TierPlacement, options: Any, device: Device | None = None):
         self.tier = tier
         self.placement = placement
         self.options = options
+        self.device = device
         self._state: State = "stopped"
         self._detail = ""
 
@@ -54,6 +56,13 @@ class Runner(ABC):
     async def stop(self) -> None:
         """Release the backend; in-flight requests end with an error."""
 
+    def memory_need(self) -> Need | None:
+        """What this tier takes on its device, for the fit check before start; None: nothing local."""
+        return None
+
+    async def check(self) -> None:
+        """Probe the backend and update the state (the supervisor calls it periodically); default: nothing."""
+
     @abstractmethod
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
         """Answer one non-streaming request."""
@@ -71,7 +80,15 @@ def register_runner(cls: type[Runner]) -> type[Runner]:
     return cls
 
 
-def build_runner(tier: int, placement: TierPlacement, source: str) -> Runner:
+def reject_guided(request: ChatCompletionRequest, where: str) -> None:
+    """Runners without vLLM's guided decoding refuse its fields by name rather than ignore them."""
+    fields = request.guided_fields()
+    if fields:
+        raise InvalidRequest(f"{fields[0]} is a vLLM extension that {where} does not support; use response_format "
+                             "(json_schema) instead, which every tier honours", param=fields[0])
+
+
+def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict[str, Device] | None = None) -> Runner:
     """Validate the placement's options against the runner's own Options model, then construct it."""
     import runners.builtin  # noqa: F401  (registers the built-in runners)
 
@@ -80,6 +97,7 @@ def build_runner(tier: int, placement: TierPlacement, source: str) -> Runner:
         known = ", ".join(sorted(RUNNERS))
         raise ConfigError(f"{source}: tiers.{tier}.runner: unknown runner {placement.runner!r}; use one of: {known}")
     options = validate_model(placement.options, cls.Options, source=f"{source}: tiers.{tier}")
-    return cls(tier, placement, options)
+    device = (devices or {}).get(placement.device) if placement.device else None
+    return cls(tier, placement, options, device)
 
 

@@ -2,3 +2,4 @@
 
 import runners.llamacpp  # noqa: F401
 import runners.hosted  # noqa: F401
+import runners.vllm  # noqa: F401

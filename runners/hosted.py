@@ -1,33 +1,144 @@
-"""Tier 1: a hosted frontier API that speaks OpenAI chat completions (OpenAI, OpenRouter, a gateway...).
+"""Tier 1: a hosted frontier API, OpenAI-compatible (OpenAI, OpenRouter, Together, a gateway) or Anthropic Messages.
 
-The key is read from the environment variable the profile names, sent only in the Authorization
-header, and never logged or echoed in an error.
+The key is read from the environment variable the profile names, sent only in the provider's auth
+header, and never logged or echoed: upstream error text is scrubbed of it before it goes anywhere.
+Each call has a connect, first-byte and total timeout. Failures that may pass (429, 408, 5xx,
+connection errors, timeouts before the first byte) are retried with backoff within a budget, and a
+circuit breaker makes the tier unavailable after repeated failures, so the policy can refuse or use
+the feature's declared fallback instead of waiting on a broken upstream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hardware.errors import InvalidRequest, RunnerFailed, TierUnavailable
-from runners.base import Runner, register_runner
+from runners import anthropic
+from runners.base import Runner, RunnerStatus, register_runner
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
+
+log = logging.getLogger("tier_runner.hosted")
+
+DEFAULTS = {  # provider -> (base_url, api_key_env)
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+}
+RETRYABLE = {408, 409, 429}
 
 
 class HostedOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    provider: Literal["openai"] = Field(default="openai", description="wire protocol of the API")
-    base_url: str = Field(default="https://api.openai.com/v1", pattern=r"^https?://", description="API root, ending in /v1")
-    api_key_env: str | None = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
-    connect_timeout_s: float = Field(default=5.0, gt=0)
+    provider: Literal["openai", "anthropic"] = Field(
+        default="openai", description="wire protocol: openai (chat completions) or anthropic (Messages API)")
+    base_url: str = Field(default="", pattern=r"^(https?://.*)?$",
+                          description="API root; openai: ending in /v1 (default OpenAI's), anthropic: default Anthropic's")
+    api_key_env: str | None = Field(default="", description="environment variable holding the key; null for none")
+    anthropic_version: str = Field(default="2023-06-01", description="anthropic-version header (anthropic only)")
+    default_max_tokens: int = Field(default=1024, ge=1, description="max_tokens when the request has none (anthropic)")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="longest wait to open a connection")
+    first_byte_timeout_s: float = Field(default=60.0, gt=0,
+                                        description="longest wait for the response headers, and a stream's first event")
     read_timeout_s: float = Field(default=60.0, gt=0, description="longest wait for the next byte")
+    total_timeout_s: float = Field(default=600.0, gt=0, description="longest one attempt may take, streams included")
+    max_attempts: int = Field(default=3, ge=1, le=10, description="tries per request, the first included")
+    retry_base_s: float = Field(default=0.5, ge=0, description="first backoff step; doubles per retry, with jitter")
+    retry_max_backoff_s: float = Field(default=8.0, ge=0, description="longest backoff step")
+    retry_budget_s: float = Field(default=30.0, ge=0, description="no retry starts past this many seconds of a request")
+    circuit_failure_threshold: int = Field(default=5, ge=1, description="consecutive failed attempts that open the circuit")
+    circuit_cooldown_s: float = Field(default=30.0, gt=0, description="open time before one probe request goes through")
     max_connections: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _provider_defaults(self) -> HostedOptions:
+        base_url, key_env = DEFAULTS[self.provider]
+        self.base_url = self.base_url or base_url
+        if self.api_key_env == "":
+            self.api_key_env = key_env
+        return self
+
+
+class _Retryable(Exception):
+    """One failed attempt that a later attempt may get past."""
+
+    def __init__(self, why: str, retry_after: float | None = None):
+        super().__init__(why)
+        self.why, self.retry_after = why, retry_after
+
+
+class OpenAIWire:
+    path = "/chat/completions"
+
+    def __init__(self, options: HostedOptions):
+        self.options = options
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        return {"authorization": f"Bearer {key}"} if key else {}
+
+    def body(self, request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
+        payload = request.model_dump(mode="json", exclude_none=True, by_alias=True)
+        payload.update(model=model, stream=stream)
+        if not stream:
+            payload.pop("stream_options", None)
+        return payload
+
+    def completion(self, data: Any) -> ChatCompletion:
+        return ChatCompletion.model_validate(data)
+
+    def translator(self, request: ChatCompletionRequest) -> OpenAIStream:
+        return OpenAIStream()
+
+
+class OpenAIStream:
+    def __init__(self):
+        self.done = False
+
+    def feed_line(self, line: str) -> list[ChatCompletionChunk]:
+        if not line.startswith("data:"):
+            return []
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            self.done = True
+            return []
+        event = json.loads(data)
+        if "error" in event:
+            raise RunnerFailed(f"failed mid-stream: {(event['error'] or {}).get('message', '')}")
+        return [ChatCompletionChunk.model_validate(event)]
+
+
+class AnthropicWire:
+    path = "/v1/messages"
+
+    def __init__(self, options: HostedOptions):
+        self.options = options
+
+    def headers(self, key: str | None) -> dict[str, str]:
+        headers = {"anthropic-version": self.options.anthropic_version}
+        if key:
+            headers["x-api-key"] = key
+        return headers
+
+    def body(self, request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
+        return anthropic.to_anthropic(request, model, self.options.default_max_tokens, stream)
+
+    def completion(self, data: Any) -> ChatCompletion:
+        return anthropic.from_anthropic(data)
+
+    def translator(self, request: ChatCompletionRequest) -> anthropic.StreamTranslator:
+        return anthropic.StreamTranslator(include_usage=bool(request.stream_options and request.stream_options.include_usage))
+
+
+WIRES = {"openai": OpenAIWire, "anthropic": AnthropicWire}
 
 
 @register_runner
@@ -38,21 +149,23 @@ class HostedRunner(Runner):
 
     @property
     def where(self) -> str:
-        return urlsplit(self.options.base_url).netloc
+        return f"tier {self.tier} ({self.model_name} at {urlsplit(self.options.base_url).netloc})"
 
     async def start(self) -> None:
         opts = self.options
-        headers = {}
+        self.wire = WIRES[opts.provider](opts)
+        self.breaker = CircuitBreaker(opts.circuit_failure_threshold, opts.circuit_cooldown_s)
+        self.retry = RetryPolicy(opts.max_attempts, opts.retry_base_s, opts.retry_max_backoff_s, opts.retry_budget_s)
+        self._key: str | None = None
         if opts.api_key_env:
-            key = os.environ.get(opts.api_key_env)
-            if not key:
+            self._key = os.environ.get(opts.api_key_env)
+            if not self._key:
                 self._set_state("failed", f"environment variable {opts.api_key_env} is not set; export the API key")
                 return
-            headers["authorization"] = f"Bearer {key}"
         timeout = httpx.Timeout(opts.read_timeout_s, connect=opts.connect_timeout_s)
         limits = httpx.Limits(max_connections=opts.max_connections)
-        self._client = httpx.AsyncClient(base_url=opts.base_url.rstrip("/"), headers=headers, timeout=timeout,
-                                         limits=limits)
+        self._client = httpx.AsyncClient(base_url=opts.base_url.rstrip("/"), headers=self.wire.headers(self._key),
+                                         timeout=timeout, limits=limits)
         self._set_state("ready")
 
     async def stop(self) -> None:
@@ -60,57 +173,155 @@ class HostedRunner(Runner):
             await self._client.aclose()
         self._set_state("stopped")
 
-    def _payload(self, request: ChatCompletionRequest, stream: bool) -> dict:
-        if self._state != "ready":
-            raise TierUnavailable(f"tier {self.tier} ({self.model_name} at {self.where}) is {self._state}: {self._detail}")
-        payload = request.model_dump(mode="json", exclude_none=True, by_alias=True)
-        payload.update(model=self.model_name, stream=stream)
-        if not stream:
-            payload.pop("stream_options", None)
-        return payload
+    def status(self) -> RunnerStatus:
+        status = super().status()
+        if status.state == "ready" and hasattr(self, "breaker") and self.breaker.state() != "closed":
+            state = "failed" if self.breaker.state() == "open" else "ready"
+            return status.model_copy(update={"state": state, "detail": self.breaker.describe()})
+        return status
 
-    def _unreachable(self, exc: httpx.HTTPError) -> TierUnavailable:
-        return TierUnavailable(f"tier {self.tier} ({self.model_name} at {self.where}) is unreachable "
-                               f"({exc.__class__.__name__}); check the provider's status and base_url")
+    def _redact(self, text: str) -> str:
+        return text.replace(self._key, "[redacted]") if self._key else text
+
+    # -- requests ---------------------------------------------------------------------------------
+    def _body(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
+        if self._state != "ready":
+            raise TierUnavailable(f"{self.where} is {self._state}: {self._detail}")
+        return self.wire.body(request, self.model_name, stream)
+
+    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+        return await self._with_retries(self._body(request, stream=False), None)
+
+    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        translator = self.wire.translator(request)
+        response, lines, first, deadline = await self._with_retries(self._body(request, stream=True), translator)
+        try:
+            for chunk in first:
+                yield chunk
+            while not translator.done:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        line = await anext(lines)
+                except StopAsyncIteration:
+                    raise self._cut("the stream ended before its last event") from None
+                except TimeoutError:
+                    raise self._cut(f"the stream ran past total_timeout_s={self.options.total_timeout_s}") from None
+                except httpx.HTTPError as exc:
+                    raise self._cut(f"the connection broke mid-stream ({exc.__class__.__name__})") from None
+                try:
+                    chunks = self._translate(translator, line)
+                except RunnerFailed as exc:
+                    self.breaker.record_failure("error event mid-stream")
+                    raise exc
+                for chunk in chunks:
+                    yield chunk
+        finally:
+            await response.aclose()
+
+    def _cut(self, why: str) -> RunnerFailed:
+        self.breaker.record_failure(why)
+        return RunnerFailed(f"{self.where} failed mid-stream: {why}; the answer is incomplete, retry the request")
+
+    def _translate(self, translator, line: str) -> list[ChatCompletionChunk]:
+        try:
+            return translator.feed_line(line)
+        except RunnerFailed as exc:
+            raise RunnerFailed(f"{self.where} {self._redact(exc.message)}") from None
+        except (ValueError, ValidationError) as exc:
+            raise RunnerFailed(f"{self.where} sent a stream event that is not valid: {exc}") from None
+
+    async def _with_retries(self, body: dict[str, Any], translator):
+        """Attempts until one succeeds, or the attempts, the retry budget or the circuit say stop."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            if not self.breaker.allow():
+                raise TierUnavailable(f"{self.where} is unavailable: {self.breaker.describe()}")
+            try:
+                result = await self._attempt(body, translator)
+            except _Retryable as failure:
+                why = self._redact(failure.why)
+                self.breaker.record_failure(why)
+                delay = self.retry.delay_s(attempt, started, failure.retry_after)
+                if delay is None or self.breaker.state() != "closed":
+                    circuit = self.breaker.describe()
+                    raise TierUnavailable(f"{self.where} failed after {attempt} attempt(s); last: {why}"
+                                          + (f"; {circuit}" if circuit else "")) from None
+                log.warning("%s: attempt %d failed (%s); retrying in %.2fs", self.where, attempt, why, delay)
+                await asyncio.sleep(delay)
+                continue
+            except InvalidRequest:
+                self.breaker.record_success()  # the upstream answered; the request was at fault
+                raise
+            except RunnerFailed as exc:
+                self.breaker.record_failure(exc.message)
+                raise
+            except BaseException:
+                self.breaker.release_probe()
+                raise
+            self.breaker.record_success()
+            return result
+
+    async def _attempt(self, body: dict[str, Any], translator):
+        """One try. Non-streaming: the completion. Streaming: the open response, its lines, the first chunks, the deadline."""
+        opts = self.options
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.total_timeout_s
+        first_byte = min(deadline, loop.time() + opts.first_byte_timeout_s)
+        try:
+            async with asyncio.timeout_at(first_byte):
+                response = await self._client.send(self._client.build_request("POST", self.wire.path, json=body),
+                                                   stream=True)
+        except TimeoutError:
+            raise _Retryable(f"no response within first_byte_timeout_s={opts.first_byte_timeout_s}") from None
+        except httpx.HTTPError as exc:
+            raise _Retryable(f"unreachable ({exc.__class__.__name__})") from None
+        try:
+            if response.status_code >= 400:
+                await self._raise_for_status(response)
+            if translator is None:
+                async with asyncio.timeout_at(deadline):
+                    data = await response.aread()
+                try:
+                    return self.wire.completion(json.loads(data))
+                except (ValueError, ValidationError) as exc:
+                    raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
+            lines = response.aiter_lines()
+            first: list[ChatCompletionChunk] = []
+            async with asyncio.timeout_at(first_byte):
+                while not first and not translator.done:
+                    first = self._translate(translator, await anext(lines))
+            return response, lines, first, deadline
+        except TimeoutError:
+            await response.aclose()
+            what = "the whole answer" if translator is None else "the first stream event"
+            raise _Retryable(f"no {what} in time (first_byte_timeout_s={opts.first_byte_timeout_s}, "
+                             f"total_timeout_s={opts.total_timeout_s})") from None
+        except (httpx.HTTPError, StopAsyncIteration) as exc:
+            await response.aclose()
+            raise _Retryable(f"the connection broke before the first event ({exc.__class__.__name__})") from None
+        except BaseException:
+            await response.aclose()
+            raise
 
     async def _raise_for_status(self, response: httpx.Response) -> None:
-        if response.status_code < 400:
-            return
+        status = response.status_code
         body = (await response.aread()).decode("utf-8", "replace")
         try:
             message = json.loads(body)["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = body[:200]
-        where = f"tier {self.tier} ({self.model_name} at {self.where})"
-        if response.status_code in (400, 404, 422):
-            raise InvalidRequest(f"{where} rejected the request: {message}")
-        raise RunnerFailed(f"{where} answered HTTP {response.status_code}: {message}")
-
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
-        try:
-            response = await self._client.post("/chat/completions", json=self._payload(request, stream=False))
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
-        await self._raise_for_status(response)
-        try:
-            return ChatCompletion.model_validate(response.json())
-        except (ValueError, ValidationError) as exc:
-            raise RunnerFailed(f"tier {self.tier} answered something that is not a chat completion: {exc}") from None
-
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        payload = self._payload(request, stream=True)
-        try:
-            async with self._client.stream("POST", "/chat/completions", json=payload) as response:
-                await self._raise_for_status(response)
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line.removeprefix("data:").strip()
-                    if data == "[DONE]":
-                        return
-                    event = json.loads(data)
-                    if "error" in event:
-                        raise RunnerFailed(f"tier {self.tier} failed mid-stream: {event['error'].get('message', '')}")
-                    yield ChatCompletionChunk.model_validate(event)
-        except httpx.HTTPError as exc:
-            raise self._unreachable(exc) from None
+        message = self._redact(str(message))
+        if status in RETRYABLE or status >= 500:
+            headers = response.headers
+            wait = retry_after_s(headers.get("retry-after"))
+            if headers.get("retry-after-ms"):
+                wait = (retry_after_s(headers["retry-after-ms"]) or 0) / 1000
+            raise _Retryable(f"HTTP {status}: {message}", wait)
+        if status in (400, 404, 413, 422):
+            raise InvalidRequest(f"{self.where} rejected the request: {message}")
+        if status in (401, 403):
+            raise RunnerFailed(f"{self.where} refused the API key from {self.options.api_key_env} (HTTP {status}): "
+                               f"{message}; check the key and its permissions")
+        raise RunnerFailed(f"{self.where} answered HTTP {status}: {message}")

@@ -13,7 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.catalog import load_catalog, resolve_model_file
 from hardware.errors import ConfigError, ContextLengthExceeded, InvalidRequest, TierUnavailable
-from runners.base import Runner, register_runner
+from hardware.fit import LLAMA_OVERHEAD, Need, gguf_shape, kv_bytes_per_token
+from hardware.profile import Device
+from runners.base import Runner, register_runner, reject_guided
 from runners.llama_engine import EngineOptions, Finished, LlamaEngine, Piece, SamplingParams, TokenInfo
 from runners.protocol import (
     AssistantMessage,
@@ -58,6 +60,12 @@ class LlamaCppRunner(Runner):
             return path
         return resolve_model_file(self.model_name, load_catalog())
 
+    def memory_need(self) -> Need:
+        """The GGUF file, an f16 KV cache of n_ctx tokens for each of max_batch sequences, and compute buffers."""
+        size, layers, kv_heads, head_dim = gguf_shape(self.model_file())
+        kv = kv_bytes_per_token(layers, kv_heads, head_dim) * self.options.n_ctx * self.options.max_batch
+        return Need(self.tier, self.placement.device or "cpu", self.device or Device(kind="cpu"), size, kv, LLAMA_OVERHEAD)
+
     async def start(self) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
@@ -94,6 +102,7 @@ class LlamaCppRunner(Runner):
     def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
         if self._state != "ready":
             raise TierUnavailable(f"tier {self.tier} ({self.model_name}) is {self._state}; see GET /ready")
+        reject_guided(request, f"tier {self.tier} (llama.cpp)")
         if request.presence_penalty or request.frequency_penalty:
             raise InvalidRequest("presence_penalty and frequency_penalty are not supported by the llama.cpp runner",
                                  param="presence_penalty" if request.presence_penalty else "frequency_penalty")

@@ -75,6 +75,11 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    # vLLM's guided decoding extensions: only the vLLM runner accepts them; the others answer 400 naming
+    # response_format, which every tier honours.
+    guided_json: dict[str, Any] | None = Field(default=None, description="vLLM only: output follows this JSON schema")
+    guided_choice: list[str] | None = Field(default=None, min_length=1, description="vLLM only: output is one of these")
+    guided_regex: str | None = Field(default=None, min_length=1, description="vLLM only: output matches this regex")
 
     @field_validator("stop")
     @classmethod
@@ -87,6 +92,10 @@ class ChatCompletionRequest(BaseModel):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    def guided_fields(self) -> list[str]:
+        """The vLLM guided-decoding fields this request sets."""
+        return [name for name in ("guided_json", "guided_choice", "guided_regex") if getattr(self, name) is not None]
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens

@@ -80,7 +80,7 @@ def test_unknown_runner_lists_the_known_ones(tmp_path):
 
 
 def test_unknown_model_lists_the_catalog():
-    with pytest.raises(ConfigError, match="not in the catalog; known models: qwen2.5-coder-0.5b-instruct-q4_k_m, smollm2-135m-instruct-q4_1"):
+    with pytest.raises(ConfigError, match="not in the catalog; known models: qwen2.5-coder-0.5b-instruct-q4_k_m, smollm2-135m-instruct-bf16, smollm2-135m-instruct-q4_1"):
         resolve_model_file("gpt-5", load_catalog())
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from hardware.errors import ConfigError, InvalidRequest, TierUnavailable
 from hardware.profile import Price, load_profile
 from runners.base import Runner, build_runner
+from runners.supervisor import Supervisor
 from runners.protocol import ChatCompletionChunk, ChatCompletionRequest, Model, ModelList, now
 from tiers.policy import Attempt, Outcome, answer_gated, pick_runner
 from tiers.routing import Route, RoutingTable, load_routing, resolve_route
@@ -44,8 +45,10 @@ class Gateway:
         self.profile_path, self.profile = load_profile(settings.profile)
         source = str(self.profile_path)
         self.runners: dict[int, Runner] = {
-            tier: build_runner(tier, placement, source) for tier, placement in self.profile.tiers.items()
+            tier: build_runner(tier, placement, source, self.profile.devices)
+            for tier, placement in self.profile.tiers.items()
         }
+        self.supervisor = Supervisor(self.runners, source)
         self.started_at = now()
         self._watcher: asyncio.Task | None = None
 
@@ -54,22 +57,15 @@ class Gateway:
         return self.profile_path.stem
 
     async def start(self) -> None:
-        """Start every runner of the profile concurrently; any failure stops the ones that started."""
-        results = await asyncio.gather(*(r.start() for r in self.runners.values()), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            await self.stop()
-            raise errors[0]
-        for tier, runner in sorted(self.runners.items()):
-            status = runner.status()
-            log.info("tier %s %s: %s on %s %s", tier, status.state, runner.model_name, runner.kind, status.detail)
+        """Start every runner through the supervisor (which also restarts failed ones), then watch the routing file."""
+        await self.supervisor.start()
         if self.settings.reload_interval_s > 0:
             self._watcher = asyncio.create_task(self._watch_routing())
 
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        await self.supervisor.stop()
 
     # -- live reload of the routing table ---------------------------------------------------------
     def reload_routing(self) -> RoutingTable:

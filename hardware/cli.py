@@ -1,0 +1,46 @@
+"""`tier-runner hardware`: this machine, and where the active profile puts each tier (with the fit check)."""
+
+from __future__ import annotations
+
+import click
+
+from hardware.detect import detect, gib
+
+
+@click.command()
+@click.option("--profile", default="workstation", show_default=True, envvar="TIER_RUNNER_PROFILE",
+              help="hardware profile: a name under hardware/profiles or a YAML path")
+def hardware(profile: str) -> None:
+    """Print the CPU, RAM and GPUs, then each tier's placement and whether the profile fits."""
+    from hardware.errors import ConfigError
+    from hardware.fit import check_fit
+    from hardware.profile import load_profile
+    from runners.base import build_runner  # noqa: F401  (runners state their own memory needs)
+
+    machine = detect()
+    click.echo(f"cpu: {machine.cpu_model}, {machine.cores} cores usable, flags: {' '.join(machine.cpu_flags) or 'none'}")
+    click.echo(f"ram: {gib(machine.ram_available)} available of {gib(machine.ram_total)}")
+    if machine.gpus:
+        for g in machine.gpus:
+            click.echo(f"gpu: cuda:{g.index} {g.name}, {gib(g.memory_free)} free of {gib(g.memory_total)}")
+    else:
+        click.echo(f"gpu: none ({machine.gpu_probe})")
+    path, prof = load_profile(profile)
+    click.echo(f"profile: {path}")
+    needs = []
+    for tier, placement in sorted(prof.tiers.items()):
+        runner = build_runner(tier, placement, str(path), prof.devices)
+        need = runner.memory_need()
+        where = placement.device or "remote"
+        line = f"  tier {tier}: {placement.runner} {placement.model} on {where}"
+        if need is not None:
+            needs.append(need)
+            line += f": weights {gib(need.weights)} + KV {gib(need.kv_cache)} + runtime {gib(need.overhead)}"
+            line += f" ({need.note})" if need.note else ""
+        click.echo(line)
+    try:
+        for p in check_fit(needs, machine, str(path)):
+            click.echo(f"fit: {p.where}: tiers {', '.join(map(str, p.tiers))} need {gib(p.need)} of {gib(p.capacity)}: ok")
+    except ConfigError as exc:
+        click.echo(f"fit: NO: {exc.message}")
+        raise SystemExit(1) from None

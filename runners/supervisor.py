@@ -1,0 +1,128 @@
+"""Start every runner of a profile together, keep them healthy, and stop them all cleanly.
+
+- `start()` checks that the profile fits this machine, then starts every runner concurrently. A
+  ConfigError (a setup the operator must fix) stops the others and is raised; any other start
+  failure leaves that runner `failed`, and it is retried like a crash.
+- A watch task probes each runner every `restart.check_interval_s` (`Runner.check`). A runner that is
+  `failed` is stopped and started again after its backoff, which doubles after each failed try from
+  `restart.backoff_s` up to `restart.backoff_max_s`, and resets once it has been ready for a minute.
+- `stop()` stops every runner concurrently (each drains, then ends its processes). The server calls it
+  on shutdown; uvicorn turns SIGINT and SIGTERM into that shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from hardware.detect import Machine, detect, gib
+from hardware.errors import ConfigError
+from hardware.fit import Placement, check_fit
+from runners.base import Runner
+
+log = logging.getLogger("tier_runner.supervisor")
+STABLE_S = 60.0  # ready this long: the next crash starts again from the first backoff step
+
+
+@dataclass
+class _Restarts:
+    backoff_s: float
+    attempts: int = 0
+    next_at: float = 0.0
+    ready_since: float | None = None
+    history: list[float] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(self, runners: dict[int, Runner], source: str = "profile"):
+        self.runners = runners
+        self.source = source
+        self._watch: asyncio.Task | None = None
+        self._restarts = {tier: _Restarts(r.placement.restart.backoff_s) for tier, r in runners.items()}
+        self._busy: set[int] = set()
+
+    async def start(self) -> None:
+        if os.environ.get("TIER_RUNNER_SKIP_FIT_CHECK") != "1":
+            placements = check_fits(self.runners, self.source)
+            for p in placements:
+                log.info("fit: %s holds tiers %s: needs %s of %s", p.where, p.tiers, gib(p.need), gib(p.capacity))
+        results = await asyncio.gather(*(r.start() for r in self.runners.values()), return_exceptions=True)
+        fatal = [e for e in results if isinstance(e, ConfigError)]
+        if fatal:
+            await self.stop()
+            raise fatal[0]
+        for (tier, runner), result in zip(self.runners.items(), results):
+            if isinstance(result, BaseException):
+                log.error("tier %s (%s) failed to start, will retry: %s", tier, runner.kind, result)
+                runner._set_state("failed", f"{result.__class__.__name__}: {result}")
+            status = runner.status()
+            log.info("tier %s %s: %s on %s %s", tier, status.state, runner.model_name, runner.kind, status.detail)
+        self._watch = asyncio.create_task(self._watch_loop())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+
+    def restarts(self, tier: int) -> int:
+        return self._restarts[tier].attempts
+
+    async def _watch_loop(self) -> None:
+        interval = min(r.placement.restart.check_interval_s for r in self.runners.values()) if self.runners else 1.0
+        while True:
+            await asyncio.sleep(interval)
+            for tier, runner in self.runners.items():
+                if tier in self._busy:
+                    continue
+                try:
+                    await runner.check()
+                except Exception as exc:  # a probe must never end the watch
+                    log.warning("tier %s health check raised %s", tier, exc)
+                self._consider(tier, runner)
+
+    def _consider(self, tier: int, runner: Runner) -> None:
+        state, now = runner.status().state, time.monotonic()
+        book = self._restarts[tier]
+        policy = runner.placement.restart
+        if state == "ready":
+            book.ready_since = book.ready_since or now
+            if now - book.ready_since > STABLE_S:
+                book.backoff_s = policy.backoff_s
+            return
+        book.ready_since = None
+        if state != "failed":
+            return
+        if book.next_at == 0.0:
+            book.next_at = now + book.backoff_s
+            log.warning("tier %s (%s) failed: %s; restarting in %.1f s", tier, runner.kind, runner.status().detail,
+                        book.backoff_s)
+        elif now >= book.next_at:
+            self._busy.add(tier)
+            asyncio.create_task(self._restart(tier, runner))
+
+    async def _restart(self, tier: int, runner: Runner) -> None:
+        book = self._restarts[tier]
+        policy = runner.placement.restart
+        book.attempts += 1
+        book.history.append(time.time())
+        log.warning("tier %s (%s): restart %d", tier, runner.kind, book.attempts)
+        try:
+            await runner.stop()
+            await runner.start()
+        except Exception as exc:
+            runner._set_state("failed", f"restart {book.attempts} failed: {exc.__class__.__name__}: {exc}")
+        finally:
+            book.next_at = 0.0
+            book.backoff_s = min(book.backoff_s * 2, policy.backoff_max_s)
+            self._busy.discard(tier)
+
+
+def check_fits(runners: dict[int, Runner], source: str, machine: Machine | None = None) -> list[Placement]:
+    """The profile's tiers against this machine (or `machine`); ConfigError with the numbers if they do not fit."""
+    needs = [need for runner in runners.values() if (need := runner.memory_need()) is not None]
+    return check_fit(needs, machine or detect(), source)

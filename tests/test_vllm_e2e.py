@@ -1,0 +1,197 @@
+"""Tier 2 on the real vLLM server (CPU build) behind the gateway: answers, streaming, crash and restart.
+
+Needs `.venv-vllm` and the converted SmolLM2 folder, which `make test` sets up (`make vllm-setup`).
+`make test SKIP_VLLM=1` (TIER_RUNNER_SKIP_VLLM=1) skips this module knowingly; otherwise a missing
+setup fails here, it is never skipped silently. One gateway (and one vLLM, ~30 s to start) serves
+the whole module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from hardware.catalog import load_catalog
+from tests.conftest import REPO, ServerProcess
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+MODEL = "smollm2-135m-instruct-bf16"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+if os.environ.get("TIER_RUNNER_SKIP_VLLM") == "1":
+    pytest.skip("TIER_RUNNER_SKIP_VLLM=1: the real vLLM tests were skipped on purpose", allow_module_level=True)
+
+
+def profile_yaml() -> str:
+    return f"""
+devices: {{cpu: {{kind: cpu}}}}
+tiers:
+  2:
+    runner: vllm
+    device: cpu
+    model: {MODEL}
+    python: {VLLM_PYTHON}
+    dtype: bfloat16
+    enforce_eager: true
+    max_model_len: 1024
+    cpu_kvcache_space_gib: 1
+    stop_timeout_s: 10
+    restart: {{backoff_s: 1, backoff_max_s: 8, check_interval_s: 0.5}}
+"""
+
+
+ROUTING = """
+features:
+  field-extraction: {tier: 2, value: revenue, owner: ops, failure_cost_usd: 20}
+"""
+
+
+def vllm_processes(parent: int | None = None, pgid: int | None = None) -> list[int]:
+    """Live pids that are vLLM servers under `parent`, or any live process in group `pgid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        state, ppid, group = stat[stat.rindex(")") + 2:].split()[:3]
+        if state == "Z":
+            continue
+        if parent is not None and int(ppid) == parent and "vllm.entrypoints.openai.api_server" in cmdline:
+            found.append(int(entry.name))
+        if pgid is not None and int(group) == pgid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    if not VLLM_PYTHON.exists():
+        pytest.fail(f"{VLLM_PYTHON} is missing: run `make vllm-setup` (or `make test SKIP_VLLM=1` to skip knowingly)")
+    folder = load_catalog().models[MODEL].source.locate()
+    if not (folder / "config.json").exists():
+        pytest.fail(f"{folder} is missing: run `make vllm-setup` to convert the model")
+    root = tmp_path_factory.mktemp("vllm")
+    (root / "profile.yaml").write_text(profile_yaml())
+    (root / "routing.yaml").write_text(ROUTING)
+    proc = ServerProcess("--profile", str(root / "profile.yaml"), "--routing", str(root / "routing.yaml"),
+                         log_path=root / "gateway.log")
+    started = time.monotonic()
+    try:
+        proc.wait_ready(timeout=300)
+        proc.ready_after_s = time.monotonic() - started
+        yield proc
+    finally:
+        proc.stop()
+
+
+def chat(gateway, **extra) -> httpx.Response:
+    body = {"model": "feature:field-extraction", "messages": QUESTION, "temperature": 0, "max_tokens": 24, **extra}
+    return httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=120)
+
+
+def tier2(gateway) -> dict:
+    return httpx.get(f"{gateway.base_url}/ready", timeout=5).json()["tiers"]["2"]
+
+
+def test_ready_names_the_vllm_process(gateway):
+    status = tier2(gateway)
+    assert (status["state"], status["runner"], status["model"]) == ("ready", "vllm", MODEL)
+    pid = vllm_processes(parent=gateway.proc.pid)
+    assert len(pid) == 1 and f"pid {pid[0]}" in status["detail"]
+
+
+def test_answer_is_real_text(gateway):
+    response = chat(gateway)
+    assert response.status_code == 200, response.text
+    assert (response.headers["x-tier"], response.headers["x-model"]) == ("2", MODEL)
+    body = response.json()
+    assert "Paris" in body["choices"][0]["message"]["content"]
+    assert body["usage"]["completion_tokens"] > 0
+
+
+def test_streaming_answer(gateway):
+    body = {"model": "feature:field-extraction", "messages": QUESTION, "temperature": 0, "max_tokens": 24,
+            "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body, timeout=120) as response:
+        assert response.status_code == 200
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert "Paris" in text
+    assert len([c for c in chunks if c["choices"]]) > 2  # token by token, not one replayed blob
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_guided_choice_and_logprobs_pass_through(gateway):
+    response = chat(gateway, messages=[{"role": "user", "content": "Is 'I loved this film' positive or negative?"}],
+                    guided_choice=["positive", "negative"], logprobs=True, top_logprobs=2)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["message"]["content"] in ("positive", "negative")
+    assert choice["logprobs"]["content"][0]["top_logprobs"]
+
+
+def test_json_schema_response_format(gateway):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    response = chat(gateway, max_tokens=40,
+                    response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    assert response.status_code == 200, response.text
+    assert isinstance(json.loads(response.json()["choices"][0]["message"]["content"])["city"], str)
+
+
+def test_killing_vllm_mid_request_is_a_clean_error_then_it_comes_back(gateway):
+    [pid] = vllm_processes(parent=gateway.proc.pid)
+    result: dict = {}
+
+    def long_request():
+        result["response"] = chat(gateway, max_tokens=600, messages=[{"role": "user", "content": "Write a long story."}])
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    time.sleep(3)
+    assert worker.is_alive(), "the request finished before vLLM could be killed; make it longer"
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    worker.join(timeout=60)
+    response = result["response"]
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["type"] == "service_unavailable" and "tier 2" in error["message"]
+
+    states = set()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        status = tier2(gateway)
+        states.add(status["state"])
+        if status["state"] == "ready":
+            break
+        time.sleep(0.3)
+    assert status["state"] == "ready", status
+    assert states & {"failed", "starting"}
+    print(f"vLLM back {time.monotonic() - killed_at:.1f} s after SIGKILL")
+    assert not vllm_processes(pgid=pid), "the crashed server's engine processes were left behind"
+    [new_pid] = vllm_processes(parent=gateway.proc.pid)
+    assert new_pid != pid
+    assert "Paris" in chat(gateway).json()["choices"][0]["message"]["content"]
+
+
+def test_stopping_the_gateway_leaves_no_vllm_process(gateway):
+    pids = vllm_processes(parent=gateway.proc.pid)
+    assert pids
+    assert gateway.stop() == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(vllm_processes(pgid=p) for p in pids):
+        time.sleep(0.2)
+    assert not any(vllm_processes(pgid=p) for p in pids)
