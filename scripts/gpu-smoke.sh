@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# GPU smoke check (a few minutes): Tier 2's vLLM runner serves one model on CUDA device SMOKE_GPU (0)
+# and must answer "Paris". Needs only a Python that has vLLM (VLLM_PYTHON, else .venv-vllm/bin/python,
+# else python3); installs nothing. Exits 0 with SKIP where no CUDA device exists.
+#   SMOKE_MODEL=/models/some-instruct-folder scripts/gpu-smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "SKIP: no CUDA device (nvidia-smi absent or sees no GPU)"
+    exit 0
+fi
+PY="${VLLM_PYTHON:-}"
+if [ -z "$PY" ]; then
+    if [ -x .venv-vllm/bin/python ]; then PY=.venv-vllm/bin/python; else PY=python3; fi
+fi
+if ! "$PY" -c "import vllm" >/dev/null 2>&1; then
+    echo "FAIL: $PY cannot import vllm; set VLLM_PYTHON to an interpreter that has vLLM"
+    exit 2
+fi
+exec timeout "${SMOKE_TIMEOUT_S:-900}" "$PY" scripts/gpu_smoke.py
