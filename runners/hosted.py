@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hardware.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners import anthropic
-from runners.base import Runner, RunnerStatus, register_runner
+from runners.base import Runner, RunnerStatus, register_runner, reject_guided
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
 
@@ -187,6 +187,7 @@ class HostedRunner(Runner):
     def _body(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
         if self._state != "ready":
             raise TierUnavailable(f"{self.where} is {self._state}: {self._detail}")
+        reject_guided(request, self.where)  # vLLM's guided_* fields: 400 here, never forwarded to a provider
         return self.wire.body(request, self.model_name, stream)
 
     async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:

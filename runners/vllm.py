@@ -195,13 +195,17 @@ class VllmRunner(Runner):
                 log.info("tier %s vllm[%s]: %s", self.tier, proc.pid, line)
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
-        code = await proc.wait()
+        # Not proc.wait(): asyncio resolves it only once every pipe is closed, and the engine processes hold
+        # the output pipe after the API server died. returncode is set as soon as the server itself exits.
+        while proc.returncode is None:
+            await asyncio.sleep(0.2)
+        code = proc.returncode
         if self._stopping:
             return
-        await _end_group(proc.pid, self.options.stop_timeout_s)  # engine processes must not outlive it
         last = " | ".join(list(self._tail)[-3:])
         self._set_state("failed", f"vLLM (pid {proc.pid}) exited with code {code}: {last}")
         log.error("tier %s: vLLM pid %s exited with code %s; last output: %s", self.tier, proc.pid, code, last)
+        await _end_group(proc.pid, self.options.stop_timeout_s)  # its engine processes must not outlive it
 
     async def _await_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
@@ -250,7 +254,10 @@ class VllmRunner(Runner):
             await asyncio.sleep(0.1)
         if self._proc is not None:
             await _end_group(self._proc.pid, self.options.stop_timeout_s)
-            await self._proc.wait()
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout=5)
+            except asyncio.TimeoutError:
+                log.warning("tier %s: vLLM pid %s: output pipe still open after stop", self.tier, self._proc.pid)
             log.info("tier %s: vLLM pid %s stopped", self.tier, self._proc.pid)
             self._proc = None
         for task in self._tasks:

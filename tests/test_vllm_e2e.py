@@ -179,7 +179,7 @@ def test_killing_vllm_mid_request_is_a_clean_error_then_it_comes_back(gateway):
             break
         time.sleep(0.3)
     assert status["state"] == "ready", status
-    assert states & {"failed", "starting"}
+    assert "failed" in states, states  # /ready showed the crash before the restart
     print(f"vLLM back {time.monotonic() - killed_at:.1f} s after SIGKILL")
     assert not vllm_processes(pgid=pid), "the crashed server's engine processes were left behind"
     [new_pid] = vllm_processes(parent=gateway.proc.pid)
@@ -190,7 +190,8 @@ def test_killing_vllm_mid_request_is_a_clean_error_then_it_comes_back(gateway):
 def test_stopping_the_gateway_leaves_no_vllm_process(gateway):
     pids = vllm_processes(parent=gateway.proc.pid)
     assert pids
-    assert gateway.stop() == 0
+    assert gateway.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful shutdown
+    assert f"vLLM pid {pids[0]} stopped" in gateway.output()  # the supervisor stopped it, not a stray signal
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(vllm_processes(pgid=p) for p in pids):
         time.sleep(0.2)
