@@ -45,6 +45,12 @@ class Runner(ABC):
     def status(self) -> RunnerStatus:
         return RunnerStatus(state=self._state, model=self.model_name, runner=self.kind, detail=self._detail)
 
+    @property
+    def state(self) -> State:
+        """The runner's own lifecycle state; status() may report more (a hosted tier's open circuit breaker
+        shows as failed there, but is not a reason to restart it)."""
+        return self._state
+
     def _set_state(self, state: State, detail: str = "") -> None:
         self._state, self._detail = state, detail
 

@@ -86,7 +86,8 @@ class Supervisor:
                 self._consider(tier, runner)
 
     def _consider(self, tier: int, runner: Runner) -> None:
-        state, now = runner.status().state, time.monotonic()
+        runner.status()  # a runner may notice its own failure here (llama.cpp's engine does)
+        state, now = runner.state, time.monotonic()
         book = self._restarts[tier]
         policy = runner.placement.restart
         if state == "ready":
