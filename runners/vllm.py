@@ -292,6 +292,9 @@ class VllmRunner(Runner):
         self._in_flight += 1
         try:
             return await self._endpoint.complete(payload)
+        except TierUnavailable:
+            await self._notice_death()
+            raise
         finally:
             self._in_flight -= 1
 
@@ -302,8 +305,25 @@ class VllmRunner(Runner):
         try:
             async for chunk in endpoint.stream(payload):
                 yield chunk
+        except TierUnavailable:
+            await self._notice_death()
+            raise
         finally:
             self._in_flight -= 1
+
+    async def _notice_death(self) -> None:
+        """A broken connection: if the server process is gone (it may take a moment to finish dying), say so
+        on /ready before the client hears of it, not at the next probe."""
+        proc = self._proc
+        deadline = time.monotonic() + 1.0
+        while proc is not None and proc is self._proc and self._state == "ready" and not self._stopping:
+            if proc.returncode is not None or not _alive(proc.pid):
+                self._set_state("failed", f"vLLM (pid {proc.pid}) died while answering: "
+                                          + " | ".join(list(self._tail)[-3:]))
+                return
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
 
 
 def _max_positions(folder: Path) -> int:
@@ -344,6 +364,16 @@ async def _end_group(pgid: int, timeout_s: float) -> None:
         log.warning("vLLM process group %s did not stop within %.0f s of SIGTERM; killed", pgid, timeout_s)
     except ProcessLookupError:
         pass
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
 
 
 def _group_alive(pgid: int) -> bool:

@@ -170,16 +170,13 @@ def test_killing_vllm_mid_request_is_a_clean_error_then_it_comes_back(gateway):
     error = response.json()["error"]
     assert error["type"] == "service_unavailable" and "tier 2" in error["message"]
 
-    states = set()
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        status = tier2(gateway)
-        states.add(status["state"])
-        if status["state"] == "ready":
-            break
+    status = tier2(gateway)
+    assert status["state"] == "failed" and f"pid {pid}" in status["detail"], status  # /ready tells at once
+    deadline = time.monotonic() + 180  # restart backoff 1 s, then vLLM's own start (~30-40 s here)
+    while time.monotonic() < deadline and status["state"] != "ready":
         time.sleep(0.3)
+        status = tier2(gateway)
     assert status["state"] == "ready", status
-    assert "failed" in states, states  # /ready showed the crash before the restart
     print(f"vLLM back {time.monotonic() - killed_at:.1f} s after SIGKILL")
     assert not vllm_processes(pgid=pid), "the crashed server's engine processes were left behind"
     [new_pid] = vllm_processes(parent=gateway.proc.pid)
@@ -191,7 +188,7 @@ def test_stopping_the_gateway_leaves_no_vllm_process(gateway):
     pids = vllm_processes(parent=gateway.proc.pid)
     assert pids
     assert gateway.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a graceful shutdown
-    assert f"vLLM pid {pids[0]} stopped" in gateway.output()  # the supervisor stopped it, not a stray signal
+    assert f"vLLM pid {pids[0]} stopped" in gateway.log_path.read_text()  # the supervisor stopped it, not a stray signal
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(vllm_processes(pgid=p) for p in pids):
         time.sleep(0.2)
