@@ -13,7 +13,7 @@ from hardware.detect import detect, gib
 def hardware(profile: str) -> None:
     """Print the CPU, RAM and GPUs, then each tier's placement and whether the profile fits."""
     from hardware.errors import ConfigError
-    from hardware.fit import check_fit
+    from hardware.fit import check_devices, check_fit
     from hardware.profile import load_profile
     from runners.base import build_runner  # noqa: F401  (runners state their own memory needs)
 
@@ -27,18 +27,27 @@ def hardware(profile: str) -> None:
         click.echo(f"gpu: none ({machine.gpu_probe})")
     path, prof = load_profile(profile)
     click.echo(f"profile: {path}")
-    needs = []
+    needs, problems, used = [], [], {}
     for tier, placement in sorted(prof.tiers.items()):
         runner = build_runner(tier, placement, str(path), prof.devices)
-        need = runner.memory_need()
         where = placement.device or "remote"
         line = f"  tier {tier}: {placement.runner} {placement.model} on {where}"
+        try:
+            need = runner.memory_need()
+        except ConfigError as exc:
+            need, problems = None, problems + [f"tier {tier}: {exc.message}"]
+            line += ": model not available"
+        if runner.device is not None:
+            used[tier] = (placement.device, runner.device)
         if need is not None:
             needs.append(need)
             line += f": weights {gib(need.weights)} + KV {gib(need.kv_cache)} + runtime {gib(need.overhead)}"
             line += f" ({need.note})" if need.note else ""
         click.echo(line)
     try:
+        check_devices(used, machine, str(path))
+        if problems:
+            raise ConfigError(" | ".join(problems))
         for p in check_fit(needs, machine, str(path)):
             click.echo(f"fit: {p.where}: tiers {', '.join(map(str, p.tiers))} need {gib(p.need)} of {gib(p.capacity)}: ok")
     except ConfigError as exc:

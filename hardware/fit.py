@@ -48,6 +48,19 @@ class Placement:
         return self.need <= self.capacity
 
 
+def check_devices(used: dict[int, tuple[str, Device]], machine: Machine, source: str = "profile") -> None:
+    """Every cuda device a tier is mapped to exists here; checked first, before any model is looked at."""
+    problems = []
+    for tier, (name, device) in sorted(used.items()):
+        if device.kind == "cuda" and machine.gpu(device.index or 0) is None:
+            seen = ", ".join(f"cuda:{g.index} {g.name}" for g in machine.gpus) or f"none ({machine.gpu_probe})"
+            problems.append(f"tier {tier} runs on device {name!r} (cuda index {device.index}), which this machine "
+                            f"does not have; GPUs found: {seen}. Use a profile for this machine (e.g. workstation) "
+                            f"or map the tier to an existing device")
+    if problems:
+        raise ConfigError(f"{source}: does not fit this machine: " + " | ".join(problems))
+
+
 def check_fit(needs: list[Need], machine: Machine, source: str = "profile") -> list[Placement]:
     """Raise ConfigError naming every problem with its numbers; return each device's sums when all fit."""
     problems: list[str] = []

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from hardware.detect import Machine, detect, gib
 from hardware.errors import ConfigError
-from hardware.fit import Placement, check_fit
+from hardware.fit import Placement, check_devices, check_fit
 from runners.base import Runner
 
 log = logging.getLogger("tier_runner.supervisor")
@@ -125,5 +125,7 @@ class Supervisor:
 
 def check_fits(runners: dict[int, Runner], source: str, machine: Machine | None = None) -> list[Placement]:
     """The profile's tiers against this machine (or `machine`); ConfigError with the numbers if they do not fit."""
+    machine = machine or detect()
+    check_devices({t: (r.placement.device, r.device) for t, r in runners.items() if r.device is not None}, machine, source)
     needs = [need for runner in runners.values() if (need := runner.memory_need()) is not None]
-    return check_fit(needs, machine or detect(), source)
+    return check_fit(needs, machine, source)
