@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from hardware.errors import ConfigError, InvalidRequest, RunnerFailed
+
+_log = logging.getLogger("tier_runner.engine")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class EngineOptions:
     max_batch: int  # sequences decoded together
     n_batch: int  # tokens per decode step, prefill chunks included
     max_queue: int  # requests waiting for a slot before new ones are refused
+    kv_unified: bool = True  # one KV buffer for all sequences (fastest); False: one per sequence, batch-invariant
 
 
 @dataclass
@@ -105,6 +109,7 @@ class LlamaEngine:
         self._thread: threading.Thread | None = None
         self._failure: str | None = None
         self._outbox: list[tuple[_Sequence, object]] = []
+        self.stats = {"steps": 0, "decode_s": 0.0, "step_s": 0.0, "tokens": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
@@ -124,7 +129,7 @@ class LlamaEngine:
         cparams.n_batch = self.options.n_batch
         cparams.n_ubatch = self.options.n_batch
         cparams.n_seq_max = self.options.max_batch
-        cparams.kv_unified = True
+        cparams.kv_unified = self.options.kv_unified
         cparams.n_threads = self.options.threads
         cparams.n_threads_batch = self.options.threads
         cparams.no_perf = True
@@ -139,6 +144,8 @@ class LlamaEngine:
         self._thread.start()
 
     def close(self) -> None:
+        st = self.stats
+        _log.info("llama engine: %d steps, %d tokens, decode %.2f s, step %.2f s", st["steps"], st["tokens"], st["decode_s"], st["step_s"])
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
@@ -191,7 +198,8 @@ class LlamaEngine:
         seq = _Sequence(prompt=prompt, params=params, loop=asyncio.get_running_loop(), queue=asyncio.Queue())
         seq.sampler = self._make_sampler(params)
         with self._lock:
-            if len(self._waiting) >= self.options.max_queue:
+            # requests beyond the free slots wait; only those count against max_queue
+            if len(self._waiting) >= self.options.max_queue + len(self._free_slots):
                 self._ll.llama_sampler_free(seq.sampler)
                 raise QueueFull(self.options.max_queue)
             self._waiting.append(seq)
@@ -317,12 +325,19 @@ class LlamaEngine:
             seq.n_prefilled += take
             budget -= take
         batch.n_tokens = n
+        t0 = time.perf_counter()
         status = ll.llama_decode(self._ctx, batch)
+        t1 = time.perf_counter()
         if status != 0:
             raise RuntimeError(f"llama_decode returned {status}")
         for seq, index in wants_logits:
             self._sample(seq, index)
         self._flush_outbox()
+        stats = self.stats
+        stats["steps"] += 1
+        stats["tokens"] += n
+        stats["decode_s"] += t1 - t0
+        stats["step_s"] += time.perf_counter() - t0
 
     def _flush_outbox(self) -> None:
         """Deliver this step's events with one wake-up per event loop, not one per token."""

@@ -41,6 +41,9 @@ class LlamaCppOptions(BaseModel):
     max_batch: int = Field(default=8, ge=1, le=64, description="requests decoded together")
     n_batch: int = Field(default=512, ge=32, le=8192, description="tokens per decode step, prefill included")
     max_queue: int = Field(default=64, ge=0, description="requests that may wait for a slot; more get 503")
+    kv_unified: bool = Field(default=True, description=(
+        "one KV cache shared by all sequences (fastest). false: one per sequence, so a request's tokens do not "
+        "depend on what else is in the batch (same seed, same text), at a throughput cost"))
 
     def thread_count(self) -> int:
         return len(os.sched_getaffinity(0)) if self.threads == "auto" else self.threads
@@ -74,7 +77,7 @@ class LlamaCppRunner(Runner):
             opts = self.options
             engine_options = EngineOptions(
                 threads=opts.thread_count(), n_ctx=opts.n_ctx, max_batch=opts.max_batch, n_batch=opts.n_batch,
-                max_queue=opts.max_queue,
+                max_queue=opts.max_queue, kv_unified=opts.kv_unified,
             )
             self.engine = LlamaEngine(self.model_file(), engine_options)
             await asyncio.to_thread(self.engine.load)
