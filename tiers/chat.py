@@ -6,6 +6,7 @@ when none did. Streams are recorded when they end, whether they finish, fail or 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -13,13 +14,17 @@ from dataclasses import dataclass, field
 
 from hardware.errors import TierRunnerError
 from runners.protocol import (
+    AssistantMessage,
     ChatCompletion,
     ChatCompletionChunk,
     ChatCompletionRequest,
+    Choice,
     StreamOptions,
     Usage,
     chunks_from_completion,
 )
+from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
+from tiers.cache.store import Hit
 from tiers.gateway import Dispatch, Gateway
 from tiers.ledger.rows import LedgerRow, error_row, rows_for_attempts
 from tiers.policy import Attempt, Outcome
@@ -37,9 +42,11 @@ class ChatReply:
 
 
 class ChatService:
-    def __init__(self, gateway: Gateway, recorder: Recorder):
+    def __init__(self, gateway: Gateway, recorder: Recorder, cache: SemanticCache | None = None):
         self.gateway = gateway
         self.recorder = recorder
+        self.cache = cache
+        self._background: set[asyncio.Task] = set()
 
     async def handle(self, request_id: str, body: ChatCompletionRequest, header_feature: str | None,
                      client_key_id: str | None = None) -> ChatReply:
@@ -49,26 +56,73 @@ class ChatService:
             dispatch = self.gateway.dispatch(body, header_feature)
             summary["feature"] = dispatch.route.label
             self.recorder.check_budget(dispatch.route)
+            policy = self._cache_policy(dispatch, body)
+            if policy is not None:
+                found = await self.cache.lookup(dispatch.route.feature, body, dispatch.runner.tier,
+                                                dispatch.runner.model_name, policy, request_id)
+                if found is not None:
+                    return self._cache_hit(request_id, body, dispatch, started, client_key_id, summary, *found)
             if body.stream and not dispatch.gated:
-                return await self._stream(request_id, body, dispatch, started, client_key_id, summary)
+                return await self._stream(request_id, body, dispatch, started, client_key_id, summary, policy)
             outcome = await self.gateway.complete(dispatch, body)
         except TierRunnerError as exc:
             self._record_failure(request_id, body, header_feature, exc, started, client_key_id, summary)
             raise
         rows = self._rows(request_id, body, dispatch, outcome, client_key_id, ttft_ms=None)
         self.recorder.record(rows)
+        verdict = outcome.verdict
+        if policy is not None and (verdict is None or verdict.passed):
+            self._store_later(dispatch, body, policy, outcome.runner, outcome.completion, request_id)
         _summarize(summary, outcome.runner.tier, outcome.runner.model_name, outcome.completion.usage)
         headers = _headers(dispatch, outcome.runner, outcome)
         headers["x-cost-usd"] = f"{sum(row.cost_usd for row in rows):.8f}"
+        headers["x-cache"] = "miss" if policy is not None else "off"
         if body.stream:  # gated: the whole answer was checked before the first byte
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return ChatReply(headers, chunks=_replay(chunks_from_completion(outcome.completion, include_usage)),
                              summary=summary)
         return ChatReply(headers, completion=outcome.completion, summary=summary)
 
+    # -- the semantic cache ------------------------------------------------------------------------
+    def _cache_policy(self, dispatch: Dispatch, body: ChatCompletionRequest) -> CachePolicy | None:
+        spec = dispatch.route.spec
+        if self.cache is None or spec is None or spec.cache is None or not spec.cache.enabled:
+            return None
+        return spec.cache if cacheable(body, spec.cache) else None
+
+    def _cache_hit(self, request_id: str, body: ChatCompletionRequest, dispatch: Dispatch, started: float,
+                   client_key_id: str | None, summary: dict, completion: ChatCompletion, hit: Hit) -> ChatReply:
+        """A hit costs no inference: its row has no tokens and no cost, and says how similar the match was."""
+        runner = dispatch.runner
+        latency_ms = (time.perf_counter() - started) * 1000
+        fields = {"serving_tier": runner.tier, "runner": runner.kind, "model": runner.model_name,
+                  "latency_ms": latency_ms, "cache_hit": True, "cache_similarity": hit.similarity}
+        route = dispatch.route
+        rows = rows_for_attempts(request_id, route.label, route.feature, route.tier, [fields],
+                                 client_key_id=client_key_id, ttft_ms=latency_ms)
+        self.recorder.record(rows)
+        _summarize(summary, runner.tier, runner.model_name, None)
+        headers = _headers(dispatch, runner, None)
+        headers.update({"x-cache": "hit", "x-cache-similarity": f"{hit.similarity:.4f}", "x-cost-usd": "0.00000000"})
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return ChatReply(headers, chunks=_replay(chunks_from_completion(completion, include_usage)), summary=summary)
+        return ChatReply(headers, completion=completion, summary=summary)
+
+    def _store_later(self, dispatch: Dispatch, body: ChatCompletionRequest, policy: CachePolicy, runner,
+                     completion: ChatCompletion, request_id: str) -> None:
+        """Answers that ended normally are cached (max_tokens is part of the key, so a `length` answer is what
+        the same request would get again); embedding and storing happen after the response is sent."""
+        if completion.choices[0].finish_reason not in ("stop", "length"):
+            return
+        task = asyncio.create_task(self.cache.store(dispatch.route.feature, body, runner.tier, runner.model_name,
+                                                    policy, completion, request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- streaming ---------------------------------------------------------------------------------
     async def _stream(self, request_id: str, body: ChatCompletionRequest, dispatch: Dispatch, started: float,
-                      client_key_id: str | None, summary: dict) -> ChatReply:
+                      client_key_id: str | None, summary: dict, policy: CachePolicy | None) -> ChatReply:
         client_wants_usage = bool(body.stream_options and body.stream_options.include_usage)
         upstream = self.gateway.stream(dispatch, body.model_copy(update={"stream_options": StreamOptions(include_usage=True)}))
         first = await anext(upstream)  # request errors surface here, before any byte is sent
@@ -81,6 +135,7 @@ class ChatService:
             text: list[str] = []
             error: TierRunnerError | None = None
             finished = False
+            finish_reason = None
             try:
                 chunk: ChatCompletionChunk | None = first
                 while chunk is not None:
@@ -88,6 +143,8 @@ class ChatService:
                         usage = chunk.usage
                     if chunk.choices and chunk.choices[0].delta.content:
                         text.append(chunk.choices[0].delta.content)
+                    if chunk.choices and chunk.choices[0].finish_reason:
+                        finish_reason = chunk.choices[0].finish_reason
                     if chunk.usage is None or client_wants_usage:
                         yield chunk
                     chunk = await anext(upstream, None)
@@ -108,8 +165,15 @@ class ChatService:
                 _summarize(summary, runner.tier, runner.model_name, usage)
                 if error_type:
                     summary["error"] = error_type
+                elif policy is not None and usage is not None and finish_reason:
+                    whole = ChatCompletion(id=first.id, created=first.created, model=first.model, usage=usage,
+                                           choices=[Choice(message=AssistantMessage(content="".join(text)),
+                                                           finish_reason=finish_reason)])
+                    self._store_later(dispatch, body, policy, runner, whole, request_id)
 
-        return ChatReply(_headers(dispatch, runner, None), chunks=recorded(), summary=summary)
+        headers = _headers(dispatch, runner, None)
+        headers["x-cache"] = "miss" if policy is not None else "off"
+        return ChatReply(headers, chunks=recorded(), summary=summary)
 
     # -- rows ---------------------------------------------------------------------------------
     def _rows(self, request_id: str, body: ChatCompletionRequest, dispatch: Dispatch, outcome: Outcome,

@@ -22,16 +22,23 @@ from tiers.settings import Settings
               envvar="TIER_RUNNER_DATA_DIR", help="ledger database and spool")
 @click.option("--ledger-url", default=None, envvar="TIER_RUNNER_LEDGER_URL",
               help="SQLAlchemy URL of the ledger (default: SQLite in the data dir), e.g. postgresql+psycopg://...")
+@click.option("--cache-backend", type=click.Choice(["memory", "redis"]), default="memory", show_default=True,
+              envvar="TIER_RUNNER_CACHE_BACKEND")
+@click.option("--redis-url", default=None, envvar="TIER_RUNNER_REDIS_URL", help="for --cache-backend redis")
+@click.option("--cache-embedder", type=click.Choice(["minilm", "llamacpp"]), default="minilm", show_default=True,
+              envvar="TIER_RUNNER_CACHE_EMBEDDER")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
-          ledger_url: str | None, log_level: str) -> None:
+          ledger_url: str | None, cache_backend: str, redis_url: str | None, cache_embedder: str,
+          log_level: str) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
     from tiers.server import create_app
 
     fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level,
-              "data_dir": data_dir, "ledger_url": ledger_url}
+              "data_dir": data_dir, "ledger_url": ledger_url, "cache_backend": cache_backend, "redis_url": redis_url,
+              "cache_embedder": cache_embedder}
     if routing is not None:
         fields["routing"] = routing
     settings = Settings(**fields)

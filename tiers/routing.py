@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from hardware.config import load_yaml_model
 from hardware.errors import InvalidRequest, NotFound
 from hardware.profile import TierNumber
+from tiers.cache.semantic import CachePolicy
 from tiers.gates import Gate, GateSpec
 
 DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
@@ -46,6 +47,7 @@ class Feature(BaseModel):
     )
     budget: Budget | None = Field(default=None, description="spend per period, and what happens past it")
     store_text: StoreText | None = Field(default=None, description="opt in to keep prompts and answers for evals")
+    cache: CachePolicy | None = Field(default=None, description="semantic cache for repeated questions")
     _gates: list[Gate] = PrivateAttr(default_factory=list)
     fallback: list[TierNumber] = Field(
         default_factory=list, description="other tiers allowed, in order, while this feature's tier is down"

@@ -12,9 +12,10 @@ from fastapi import FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hardware.errors import InvalidRequest, TierRunnerError
+from hardware.errors import InvalidRequest, NotFound, TierRunnerError
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
 from tiers.audit import run_audit
+from tiers.cache.semantic import SemanticCache
 from tiers.chat import ChatReply, ChatService
 from tiers.gateway import Gateway
 from tiers.http_errors import error_for, install_error_handlers
@@ -39,13 +40,16 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     gateway = gateway or Gateway(settings)
     ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
     metrics = Metrics()
-    chat = ChatService(gateway, Recorder(ledger, metrics))
+    cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url)
+    chat = ChatService(gateway, Recorder(ledger, metrics), cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         ledger.start()
         try:
             await gateway.start()
+            if any(f.cache and f.cache.enabled for f in gateway.routing.features.values()):
+                await asyncio.to_thread(cache.warm)
             yield
         finally:
             await gateway.stop()
@@ -74,7 +78,21 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     @app.post("/v1/feedback", responses=ERRORS)
     async def feedback(body: FeedbackRequest) -> dict:
         await asyncio.to_thread(ledger.add_feedback, body.request_id, body.outcome, body.note)
-        return {"status": "recorded", "request_id": body.request_id, "outcome": body.outcome}
+        evicted = body.outcome in ("corrected", "negative") and cache.invalidate_request(body.request_id)
+        return {"status": "recorded", "request_id": body.request_id, "outcome": body.outcome,
+                "cache_entry_removed": bool(evicted)}
+
+    @app.delete("/admin/cache")
+    async def clear_feature_cache(feature: str) -> dict:
+        if feature not in gateway.routing.features:
+            raise NotFound(f"feature {feature!r} is not in the routing table", param="feature")
+        return {"feature": feature, "dropped": await asyncio.to_thread(cache.invalidate_feature, feature)}
+
+    @app.delete("/admin/cache/{request_id}")
+    async def clear_cached_answer(request_id: str) -> dict:
+        if not await asyncio.to_thread(cache.invalidate_request, request_id):
+            raise NotFound(f"no cached answer came from or was served to {request_id!r}", param="request_id")
+        return {"request_id": request_id, "deleted": True}
 
     @app.get("/v1/audit")
     async def feature_audit(window_hours: float = 24 * 7) -> dict:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tiers.routing import DEFAULT_ROUTING
 
@@ -21,7 +22,16 @@ class Settings(BaseModel):
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir"
     )
+    cache_backend: Literal["memory", "redis"] = Field(default="memory", description="redis: shared by replicas")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db for the shared cache")
+    cache_embedder: str = Field(default="minilm", description="minilm or llamacpp")
     reload_interval_s: float = Field(default=1.0, ge=0, description="how often to check the routing file; 0 = never")
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> Settings:
+        if self.cache_backend == "redis" and not self.redis_url:
+            raise ValueError("cache_backend redis needs redis_url (e.g. redis://127.0.0.1:6379/0)")
+        return self
 
     def ledger_database_url(self) -> str:
         return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.db').resolve()}"
