@@ -13,9 +13,6 @@ import asyncio
 import collections
 import logging
 import os
-import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +27,7 @@ from hardware.fit import VLLM_HOST_OVERHEAD, Need, hf_shape, kv_bytes_per_token
 from hardware.profile import Device
 from runners.base import Runner, register_runner
 from runners.openai_http import OpenAIEndpoint, request_payload
+from runners.procs import alive, die_with_parent, end_group, free_port
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 log = logging.getLogger("tier_runner.vllm")
@@ -162,7 +160,7 @@ class VllmRunner(Runner):
             self.base_url = self.options.url.rstrip("/").removesuffix("/v1")
             where = f"tier {self.tier} ({self.model_name}, vLLM at {self.options.url})"
         else:
-            cmd = self.command(self.model_source(), self.options.port or _free_port())
+            cmd = self.command(self.model_source(), self.options.port or free_port())
             self.base_url = f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
             where = f"tier {self.tier} ({self.model_name} on vLLM)"
         self._set_state("starting", f"waiting for {self.base_url}/health")
@@ -174,7 +172,7 @@ class VllmRunner(Runner):
             self._spawned_at = time.monotonic()
             self._proc = await asyncio.create_subprocess_exec(
                 *cmd, env=self.environment(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
             log.info("tier %s: started vLLM pid %s: %s", self.tier, self._proc.pid, " ".join(cmd))
             self._tasks = [asyncio.create_task(self._read_output(self._proc)),
                            asyncio.create_task(self._watch_exit(self._proc))]
@@ -205,7 +203,7 @@ class VllmRunner(Runner):
         last = " | ".join(list(self._tail)[-3:])
         self._set_state("failed", f"vLLM (pid {proc.pid}) exited with code {code}: {last}")
         log.error("tier %s: vLLM pid %s exited with code %s; last output: %s", self.tier, proc.pid, code, last)
-        await _end_group(proc.pid, self.options.stop_timeout_s)  # its engine processes must not outlive it
+        await end_group(proc.pid, self.options.stop_timeout_s)  # its engine processes must not outlive it
 
     async def _await_ready(self) -> None:
         deadline = time.monotonic() + self.options.startup_timeout_s
@@ -253,7 +251,7 @@ class VllmRunner(Runner):
         while self._in_flight and time.monotonic() < deadline and was == "ready":
             await asyncio.sleep(0.1)
         if self._proc is not None:
-            await _end_group(self._proc.pid, self.options.stop_timeout_s)
+            await end_group(self._proc.pid, self.options.stop_timeout_s)
             try:
                 await asyncio.wait_for(self._proc.wait(), timeout=5)
             except asyncio.TimeoutError:
@@ -317,7 +315,7 @@ class VllmRunner(Runner):
         proc = self._proc
         deadline = time.monotonic() + 1.0
         while proc is not None and proc is self._proc and self._state == "ready" and not self._stopping:
-            if proc.returncode is not None or not _alive(proc.pid):
+            if proc.returncode is not None or not alive(proc.pid):
                 self._set_state("failed", f"vLLM (pid {proc.pid}) died while answering: "
                                           + " | ".join(list(self._tail)[-3:]))
                 return
@@ -331,62 +329,3 @@ def _max_positions(folder: Path) -> int:
 
     config = json.loads((folder / "config.json").read_text())
     return int(config.get("text_config", config).get("max_position_embeddings", 4096))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: if the gateway dies without cleaning up (SIGKILL), the server gets SIGTERM."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-async def _end_group(pgid: int, timeout_s: float) -> None:
-    """SIGTERM the process group, wait for it to empty, then SIGKILL what is left."""
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return
-        await asyncio.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-        log.warning("vLLM process group %s did not stop within %.0f s of SIGTERM; killed", pgid, timeout_s)
-    except ProcessLookupError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read().decode("utf-8", "replace")
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is still in the group."""
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False

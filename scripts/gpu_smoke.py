@@ -23,7 +23,8 @@ from hardware.detect import detect, gib  # noqa: E402
 from hardware.fit import check_fit  # noqa: E402
 from hardware.profile import Device, TierPlacement  # noqa: E402
 from runners.protocol import ChatCompletionRequest  # noqa: E402
-from runners.vllm import VllmOptions, VllmRunner, _group_alive  # noqa: E402
+from runners.procs import group_alive  # noqa: E402
+from runners.vllm import VllmOptions, VllmRunner  # noqa: E402
 
 
 async def main() -> int:
@@ -70,7 +71,7 @@ async def main() -> int:
             return 1
     finally:
         await runner.stop()
-    if pgid and _group_alive(pgid):
+    if pgid and group_alive(pgid):
         print(f"FAIL: processes of group {pgid} outlived stop()")
         return 1
     print(f"PASS in {time.monotonic() - started:.1f} s")
