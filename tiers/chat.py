@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from hardware.errors import TierRunnerError
+from hardware.errors import InvalidRequest, TierRunnerError
 from runners.protocol import (
     AssistantMessage,
     ChatCompletion,
@@ -23,6 +23,7 @@ from runners.protocol import (
     Usage,
     chunks_from_completion,
 )
+from tiers.auth import Access, ClientKey
 from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
 from tiers.cache.store import Hit
 from tiers.gateway import Dispatch, Gateway
@@ -42,19 +43,27 @@ class ChatReply:
 
 
 class ChatService:
-    def __init__(self, gateway: Gateway, recorder: Recorder, cache: SemanticCache | None = None):
+    def __init__(self, gateway: Gateway, recorder: Recorder, access: Access, cache: SemanticCache | None = None,
+                 max_messages: int = 256):
         self.gateway = gateway
         self.recorder = recorder
+        self.access = access
         self.cache = cache
+        self.max_messages = max_messages
         self._background: set[asyncio.Task] = set()
 
     async def handle(self, request_id: str, body: ChatCompletionRequest, header_feature: str | None,
-                     client_key_id: str | None = None) -> ChatReply:
+                     client_key: ClientKey | None = None) -> ChatReply:
         started = time.perf_counter()
         summary: dict = {}
+        client_key_id = client_key.id if client_key else None
         try:
+            if len(body.messages) > self.max_messages:
+                raise InvalidRequest(f"{len(body.messages)} messages is more than the {self.max_messages} allowed; "
+                                     f"send a shorter conversation", param="messages")
             dispatch = self.gateway.dispatch(body, header_feature)
             summary["feature"] = dispatch.route.label
+            self.access.admit(client_key, dispatch.route)
             self.recorder.check_budget(dispatch.route)
             policy = self._cache_policy(dispatch, body)
             if policy is not None:
@@ -63,13 +72,14 @@ class ChatService:
                 if found is not None:
                     return self._cache_hit(request_id, body, dispatch, started, client_key_id, summary, *found)
             if body.stream and not dispatch.gated:
-                return await self._stream(request_id, body, dispatch, started, client_key_id, summary, policy)
+                return await self._stream(request_id, body, dispatch, started, client_key, summary, policy)
             outcome = await self.gateway.complete(dispatch, body)
         except TierRunnerError as exc:
             self._record_failure(request_id, body, header_feature, exc, started, client_key_id, summary)
             raise
         rows = self._rows(request_id, body, dispatch, outcome, client_key_id, ttft_ms=None)
         self.recorder.record(rows)
+        self.access.charge(client_key, sum(r.prompt_tokens + r.completion_tokens for r in rows))
         verdict = outcome.verdict
         if policy is not None and (verdict is None or verdict.passed):
             self._store_later(dispatch, body, policy, outcome.runner, outcome.completion, request_id)
@@ -122,7 +132,8 @@ class ChatService:
 
     # -- streaming ---------------------------------------------------------------------------------
     async def _stream(self, request_id: str, body: ChatCompletionRequest, dispatch: Dispatch, started: float,
-                      client_key_id: str | None, summary: dict, policy: CachePolicy | None) -> ChatReply:
+                      client_key: ClientKey | None, summary: dict, policy: CachePolicy | None) -> ChatReply:
+        client_key_id = client_key.id if client_key else None
         client_wants_usage = bool(body.stream_options and body.stream_options.include_usage)
         upstream = self.gateway.stream(dispatch, body.model_copy(update={"stream_options": StreamOptions(include_usage=True)}))
         first = await anext(upstream)  # request errors surface here, before any byte is sent
@@ -162,6 +173,7 @@ class ChatService:
                 rows = self._rows(request_id, body, dispatch, outcome, client_key_id, ttft_ms=ttft_ms,
                                   completion_text="".join(text), error_type=error_type)
                 self.recorder.record(rows)
+                self.access.charge(client_key, usage.total_tokens if usage else 0)
                 _summarize(summary, runner.tier, runner.model_name, usage)
                 if error_type:
                     summary["error"] = error_type

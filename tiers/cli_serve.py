@@ -27,10 +27,12 @@ from tiers.settings import Settings
 @click.option("--redis-url", default=None, envvar="TIER_RUNNER_REDIS_URL", help="for --cache-backend redis")
 @click.option("--cache-embedder", type=click.Choice(["minilm", "llamacpp"]), default="minilm", show_default=True,
               envvar="TIER_RUNNER_CACHE_EMBEDDER")
+@click.option("--keys", type=click.Path(path_type=Path), default=None, envvar="TIER_RUNNER_KEYS",
+              help="client API keys (YAML of sha256 hashes); without it the server is keyless and loopback-only")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
           ledger_url: str | None, cache_backend: str, redis_url: str | None, cache_embedder: str,
-          log_level: str) -> None:
+          keys: Path | None, log_level: str) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
@@ -38,11 +40,13 @@ def serve(host: str, port: int, profile: str, routing: Path | None, max_body_byt
 
     fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level,
               "data_dir": data_dir, "ledger_url": ledger_url, "cache_backend": cache_backend, "redis_url": redis_url,
-              "cache_embedder": cache_embedder}
+              "cache_embedder": cache_embedder, "keys": keys}
     if routing is not None:
         fields["routing"] = routing
     settings = Settings(**fields)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     app = create_app(settings)  # configuration errors stop us here, before binding
-    click.echo(f"tier-runner: serving on http://{host}:{port}/v1 with profile {profile}", err=True)
+    app.state.access.check_bind(host)
+    mode = "keyless: no client keys, only this machine can call it" if keys is None else f"client keys from {keys}"
+    click.echo(f"tier-runner: serving on http://{host}:{port}/v1 with profile {profile} ({mode})", err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,7 +27,10 @@ def error_response(status: int, message: str, *, error_type: str, param: str | N
 
 
 def error_for(exc: TierRunnerError) -> JSONResponse:
-    return error_response(exc.status_code, exc.message, error_type=exc.error_type, param=exc.param, code=exc.code)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"retry-after": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+    return error_response(exc.status_code, exc.message, error_type=exc.error_type, param=exc.param, code=exc.code,
+                          headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,8 +1,8 @@
-"""Where a request's rows go: the ledger, the metrics and the budget counters, from one call."""
+"""Where a request's rows go: the ledger, the metrics and the spend counters, from one call."""
 
 from __future__ import annotations
 
-from tiers.budgets import Budgets
+from tiers.budgets import Budgets, SpendMeter
 from tiers.ledger.rows import LedgerRow
 from tiers.ledger.store import Ledger
 from tiers.metrics import Metrics
@@ -13,12 +13,13 @@ class Recorder:
     def __init__(self, ledger: Ledger, metrics: Metrics):
         self.ledger = ledger
         self.metrics = metrics
-        self.budgets = Budgets(ledger)
+        self.spend = SpendMeter(ledger)
+        self.budgets = Budgets(self.spend)
 
     def record(self, rows: list[LedgerRow]) -> None:
         self.ledger.record(rows)
         self.metrics.observe(rows)
-        self.budgets.add(rows)
+        self.spend.add(rows)
 
     def check_budget(self, route: Route) -> None:
         action = self.budgets.check(route)

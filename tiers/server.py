@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
-from fastapi import FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.errors import InvalidRequest, NotFound, TierRunnerError
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
 from tiers.audit import run_audit
+from tiers.auth import Access, ClientKey
 from tiers.cache.semantic import SemanticCache
 from tiers.chat import ChatReply, ChatService
 from tiers.gateway import Gateway
@@ -25,7 +26,7 @@ from tiers.metrics import Metrics
 from tiers.recorder import Recorder
 from tiers.settings import Settings
 
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 404, 413, 429, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 503)}
 
 
 class FeedbackRequest(BaseModel):
@@ -41,7 +42,18 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
     metrics = Metrics()
     cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url)
-    chat = ChatService(gateway, Recorder(ledger, metrics), cache)
+    recorder = Recorder(ledger, metrics)
+    access = Access.from_file(settings.keys, recorder.spend)
+    chat = ChatService(gateway, recorder, access, cache, settings.max_messages)
+
+    # Dependencies are given as defaults (not Annotated): they are closures over this app's `access`.
+    def client(secret: str | None = Depends(bearer)) -> ClientKey | None:
+        return access.authenticate(secret)
+
+    def admin(secret: str | None = Depends(bearer)) -> None:
+        access.require_admin(secret)
+
+    Admin = [Depends(admin)]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -59,6 +71,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     app.state.gateway = gateway
     app.state.ledger = ledger
     app.state.settings = settings
+    app.state.access = access
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
@@ -67,34 +80,35 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     async def chat_completions(
         body: ChatCompletionRequest,
         request: Request,
+        key: ClientKey | None = Depends(client),
         x_feature: Annotated[str | None, Header()] = None,
     ):
-        reply = await chat.handle(request.state.request_id, body, x_feature)
+        reply = await chat.handle(request.state.request_id, body, x_feature, key)
         if reply.chunks is not None:
             return StreamingResponse(_sse(request, reply), media_type="text/event-stream", headers=reply.headers)
         _log_fields(request, reply)
         return JSONResponse(reply.completion.model_dump(mode="json"), headers=reply.headers)
 
     @app.post("/v1/feedback", responses=ERRORS)
-    async def feedback(body: FeedbackRequest) -> dict:
+    async def feedback(body: FeedbackRequest, key: ClientKey | None = Depends(client)) -> dict:
         await asyncio.to_thread(ledger.add_feedback, body.request_id, body.outcome, body.note)
         evicted = body.outcome in ("corrected", "negative") and cache.invalidate_request(body.request_id)
         return {"status": "recorded", "request_id": body.request_id, "outcome": body.outcome,
                 "cache_entry_removed": bool(evicted)}
 
-    @app.delete("/admin/cache")
+    @app.delete("/admin/cache", dependencies=Admin)
     async def clear_feature_cache(feature: str) -> dict:
         if feature not in gateway.routing.features:
             raise NotFound(f"feature {feature!r} is not in the routing table", param="feature")
         return {"feature": feature, "dropped": await asyncio.to_thread(cache.invalidate_feature, feature)}
 
-    @app.delete("/admin/cache/{request_id}")
+    @app.delete("/admin/cache/{request_id}", dependencies=Admin)
     async def clear_cached_answer(request_id: str) -> dict:
         if not await asyncio.to_thread(cache.invalidate_request, request_id):
             raise NotFound(f"no cached answer came from or was served to {request_id!r}", param="request_id")
         return {"request_id": request_id, "deleted": True}
 
-    @app.get("/v1/audit")
+    @app.get("/v1/audit", dependencies=Admin)
     async def feature_audit(window_hours: float = 24 * 7) -> dict:
         if not 0 < window_hours <= 24 * 366:
             raise InvalidRequest("window_hours must be in (0, 8784]", param="window_hours")
@@ -107,13 +121,13 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     async def prometheus_metrics() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", dependencies=Admin)
     async def reload_routing() -> dict:
         table = gateway.reload_routing()
         return {"status": "reloaded", "routing": str(settings.routing), "features": sorted(table.features)}
 
     @app.get("/v1/models", response_model=ModelList)
-    async def list_models() -> ModelList:
+    async def list_models(key: ClientKey | None = Depends(client)) -> ModelList:
         return gateway.models()
 
     @app.get("/health")
@@ -127,6 +141,14 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     return app
+
+
+def bearer(authorization: Annotated[str | None, Header()] = None,
+           x_api_key: Annotated[str | None, Header()] = None) -> str | None:
+    """The caller's secret from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`."""
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return x_api_key
 
 
 def _log_fields(request: Request, reply: ChatReply) -> None:

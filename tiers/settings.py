@@ -25,6 +25,8 @@ class Settings(BaseModel):
     cache_backend: Literal["memory", "redis"] = Field(default="memory", description="redis: shared by replicas")
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the shared cache")
     cache_embedder: str = Field(default="minilm", description="minilm or llamacpp")
+    keys: Path | None = Field(default=None, description="client keys YAML; none means keyless, loopback only")
+    max_messages: int = Field(default=256, ge=1, description="longer conversations get 400")
     reload_interval_s: float = Field(default=1.0, ge=0, description="how often to check the routing file; 0 = never")
 
     @model_validator(mode="after")
