@@ -151,6 +151,22 @@ def test_json_schema_response_format(gateway):
     assert isinstance(json.loads(response.json()["choices"][0]["message"]["content"])["city"], str)
 
 
+def test_attach_to_a_running_vllm_by_url(gateway, tmp_path):
+    """`url:` attaches to a vLLM server that already runs (here: the one the module's gateway started)."""
+    base = tier2(gateway)["detail"].split(" at ")[-1]
+    (tmp_path / "profile.yaml").write_text(f"tiers:\n  2: {{runner: vllm, model: {MODEL}, url: '{base}/v1'}}\n")
+    (tmp_path / "routing.yaml").write_text(ROUTING)
+    attached = ServerProcess("--profile", str(tmp_path / "profile.yaml"), "--routing", str(tmp_path / "routing.yaml"),
+                             log_path=tmp_path / "attached.log")
+    try:
+        attached.wait_ready(timeout=60)
+        assert tier2(attached)["detail"] == f"attached to {base}"
+        assert "Paris" in chat(attached).json()["choices"][0]["message"]["content"]
+    finally:
+        attached.stop()
+    assert tier2(gateway)["state"] == "ready"  # stopping the attached gateway left the server alone
+
+
 def test_killing_vllm_mid_request_is_a_clean_error_then_it_comes_back(gateway):
     [pid] = vllm_processes(parent=gateway.proc.pid)
     result: dict = {}
@@ -193,3 +209,22 @@ def test_stopping_the_gateway_leaves_no_vllm_process(gateway):
     while time.monotonic() < deadline and any(vllm_processes(pgid=p) for p in pids):
         time.sleep(0.2)
     assert not any(vllm_processes(pgid=p) for p in pids)
+
+
+def test_a_killed_gateway_takes_vllm_with_it(tmp_path):
+    """SIGKILL gives the gateway no chance to clean up: the parent-death signal ends vLLM's group anyway."""
+    (tmp_path / "profile.yaml").write_text(profile_yaml())
+    (tmp_path / "routing.yaml").write_text(ROUTING)
+    proc = ServerProcess("--profile", str(tmp_path / "profile.yaml"), "--routing", str(tmp_path / "routing.yaml"),
+                         log_path=tmp_path / "gateway.log")
+    try:
+        proc.wait_ready(timeout=300)
+        [pid] = vllm_processes(parent=proc.proc.pid)
+        assert len(vllm_processes(pgid=pid)) > 1  # the API server and its engine processes
+        proc.proc.kill()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and vllm_processes(pgid=pid):
+            time.sleep(0.2)
+        assert not vllm_processes(pgid=pid)
+    finally:
+        proc.stop()
