@@ -105,11 +105,13 @@ class LlamaEngine:
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._free_slots: list[int] = list(range(options.max_batch))
+        # prompt tokens whose KV each slot still holds: a new prompt that starts the same reuses them
+        self._slot_tokens: list[list[int]] = [[] for _ in range(options.max_batch)]
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._failure: str | None = None
         self._outbox: list[tuple[_Sequence, object]] = []
-        self.stats = {"steps": 0, "decode_s": 0.0, "step_s": 0.0, "tokens": 0}
+        self.stats = {"steps": 0, "decode_s": 0.0, "step_s": 0.0, "tokens": 0, "reused": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
     def load(self) -> None:
@@ -145,7 +147,8 @@ class LlamaEngine:
 
     def close(self) -> None:
         st = self.stats
-        _log.info("llama engine: %d steps, %d tokens, decode %.2f s, step %.2f s", st["steps"], st["tokens"], st["decode_s"], st["step_s"])
+        _log.info("llama engine: %d steps, %d tokens decoded, %d prompt tokens reused from cache, decode %.2f s, step %.2f s",
+                  st["steps"], st["tokens"], st["reused"], st["decode_s"], st["step_s"])
         with self._lock:
             self._stopping = True
             self._lock.notify_all()
@@ -268,8 +271,43 @@ class LlamaEngine:
             if seq.cancelled:
                 self._release(seq)
                 continue
-            seq.slot = self._free_slots.pop()
+            self._assign_slot(seq)
             self._active.append(seq)
+
+    def _assign_slot(self, seq: _Sequence) -> None:
+        """Take the free slot whose cached prompt shares the longest prefix with this one and keep that KV.
+
+        With a unified KV cache a longer prefix held by any other slot (running or free) is shared into
+        the chosen slot instead (llama.cpp tags the same cells with both sequence ids: no copy, no compute).
+        At least the prompt's last token is always decoded again, for its logits.
+        """
+        ll, mem = self._ll, self._mem
+        limit = len(seq.prompt) - 1
+
+        def common(slot: int) -> int:
+            cached = self._slot_tokens[slot]
+            n = 0
+            for a, b in zip(cached, seq.prompt[:limit]):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        slot = max(self._free_slots, key=common)
+        self._free_slots.remove(slot)
+        keep = common(slot)
+        if self.options.kv_unified:
+            donors = [s.slot for s in self._active] + [s for s in self._free_slots]
+            best = max(donors, key=common, default=-1)
+            if best >= 0 and common(best) > keep:
+                keep = common(best)
+                ll.llama_memory_seq_rm(mem, slot, -1, -1)
+                ll.llama_memory_seq_cp(mem, best, slot, 0, keep)
+        ll.llama_memory_seq_rm(mem, slot, keep, -1)
+        self._slot_tokens[slot] = seq.prompt[:keep]
+        seq.slot = slot
+        seq.n_prefilled = keep
+        self.stats["reused"] += keep
 
     def _drop_cancelled(self) -> None:
         for seq in [s for s in self._active if s.cancelled]:
@@ -282,8 +320,9 @@ class LlamaEngine:
         """Free the sequence's KV cells, sampler and slot at once (lock held)."""
         if seq in self._active:
             self._active.remove(seq)
-        if seq.slot >= 0:
-            self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+        if seq.slot >= 0:  # keep the prompt's KV for a later prompt with the same prefix; drop the rest
+            self._ll.llama_memory_seq_rm(self._mem, seq.slot, seq.n_prefilled, -1)
+            self._slot_tokens[seq.slot] = seq.prompt[: seq.n_prefilled]
             self._free_slots.append(seq.slot)
             seq.slot = -1
         if seq.sampler:
@@ -323,6 +362,7 @@ class LlamaEngine:
             for i in range(seq.n_prefilled, seq.n_prefilled + take):
                 add(seq, seq.prompt[i], i, i == len(seq.prompt) - 1)
             seq.n_prefilled += take
+            self._slot_tokens[seq.slot] = seq.prompt[: seq.n_prefilled]
             budget -= take
         batch.n_tokens = n
         t0 = time.perf_counter()

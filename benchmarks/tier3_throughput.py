@@ -1,0 +1,293 @@
+"""Tier 3 throughput under concurrency: our endpoint vs llama-cpp-python's server (vs native llama-server).
+
+The servers run one after another, never at once, on the same GGUF file, thread count and context size.
+Workload per level: C concurrent streaming clients, each sending requests back to back until the level
+has sent max(2*C, 8) requests; fixed prompts, max_tokens 64, temperature 0, seed 7.
+aggregate tok/s = completion tokens of the level / wall time of the level. TTFT = first content chunk.
+Then the gateway's own overhead: 1-token completions paced at --rate req/s through the endpoint vs the
+same runner called in process.
+Usage: python benchmarks/tier3_throughput.py [--levels 1,4,8,16] [--llama-server PATH] [--skip-llama-cpp-python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from conftest import ServerProcess, free_port  # noqa: E402  (the same subprocess helper the tests use)
+
+from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
+from hardware.profile import load_profile  # noqa: E402
+
+PROMPTS = [
+    "Write a long story about a lighthouse keeper.",
+    "Explain how rain forms, in detail.",
+    "Describe a busy market in a big city.",
+    "Tell me about the history of bicycles.",
+    "Write a letter to a friend about your holiday by the sea.",
+    "Describe how to bake bread at home, step by step.",
+    "Explain why the sky is blue to a child.",
+    "Write a story about a robot who learns to paint.",
+]
+
+
+@dataclass
+class Result:
+    tokens: int
+    latency: float
+    ttft: float
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Result:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "seed": 7, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    ttft = None
+    chunks = 0
+    usage = None
+    async with client.stream("POST", url, json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if event.get("usage"):
+                usage = event["usage"]
+            for choice in event.get("choices") or []:
+                if (choice.get("delta") or {}).get("content"):
+                    chunks += 1
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+    latency = time.perf_counter() - start
+    tokens = usage["completion_tokens"] if usage else chunks  # llama-cpp-python's server sends one chunk per token
+    return Result(tokens, latency, ttft if ttft is not None else latency)
+
+
+async def level(base_url: str, model: str, clients: int, max_tokens: int) -> dict:
+    url = f"{base_url}/v1/chat/completions"
+    total = max(2 * clients, 8)
+    counter = iter(range(total))
+    results: list[Result] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            results.append(await one_request(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens))
+
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        for prompt in PROMPTS[:2]:  # warm-up: caches, first graphs, connections
+            await one_request(client, url, model, prompt, max_tokens)
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    latencies = [r.latency for r in results]
+    return {
+        "clients": clients, "requests": len(results), "tok_s": sum(r.tokens for r in results) / wall,
+        "p50": statistics.median(latencies), "p95": pct(latencies, 0.95),
+        "ttft50": statistics.median(r.ttft for r in results), "tokens": sum(r.tokens for r in results),
+    }
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_levels(base_url: str, model: str, levels: list[int], max_tokens: int, name: str) -> list[dict]:
+    rows = []
+    for clients in levels:
+        row = asyncio.run(level(base_url, model, clients, max_tokens))
+        print(f"  {name}: {clients:>2} clients  {row['tok_s']:6.1f} tok/s  p50 {row['p50']:.2f}s  "
+              f"p95 {row['p95']:.2f}s  ttft p50 {row['ttft50']:.3f}s", file=sys.stderr, flush=True)
+        rows.append(row)
+    return rows
+
+
+def bench_ours(levels, max_tokens, log_dir, profile: str) -> list[dict]:
+    server = ServerProcess("--profile", profile, log_path=log_dir / "tier3-throughput-ours.log")
+    try:
+        server.wait_ready()
+        return run_levels(server.base_url, "tier:3", levels, max_tokens, "ours")
+    finally:
+        server.stop()
+
+
+def bench_external(cmd: list[str], port: int, levels, max_tokens, log: Path, name: str, ready_path: str) -> list[dict]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_http(f"http://127.0.0.1:{port}{ready_path}", proc, log)
+            return run_levels(f"http://127.0.0.1:{port}", "smollm2", levels, max_tokens, name)
+        finally:
+            stop(proc)
+
+
+# -- gateway overhead: 1-token completions, paced --------------------------------------------------
+async def paced(call, rate: float, n: int) -> list[float]:
+    latencies: list[float] = []
+
+    async def timed() -> None:
+        start = time.perf_counter()
+        await call()
+        latencies.append(time.perf_counter() - start)
+
+    tasks = []
+    start = time.perf_counter()
+    for i in range(n):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed()))
+    await asyncio.gather(*tasks)
+    return latencies
+
+
+def overhead_endpoint(rate: float, n: int, log_dir: Path) -> list[float]:
+    server = ServerProcess(log_path=log_dir / "tier3-overhead-ours.log")
+    body = {"model": "tier:3", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
+
+    async def run() -> list[float]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            async def call():
+                (await client.post("/v1/chat/completions", json=body)).raise_for_status()
+            await paced(call, rate, 20)  # warm-up
+            return await paced(call, rate, n)
+
+    try:
+        server.wait_ready()
+        return asyncio.run(run())
+    finally:
+        server.stop()
+
+
+def overhead_direct(placement, rate: float, n: int) -> list[float]:
+    from runners.base import build_runner
+    from runners.protocol import ChatCompletionRequest
+
+    request = ChatCompletionRequest.model_validate(
+        {"model": "tier:3", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0})
+
+    async def run() -> list[float]:
+        runner = build_runner(3, placement, "workstation")
+        await runner.start()
+        try:
+            async def call():
+                await runner.complete(request)
+            await paced(call, rate, 20)
+            return await paced(call, rate, n)
+        finally:
+            await runner.stop()
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levels", default="1,4,8,16")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--llama-server", type=Path, help="native llama.cpp llama-server binary (optional)")
+    parser.add_argument("--skip-llama-cpp-python", action="store_true")
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--profile", default="workstation", help="profile for our endpoint (name or YAML path)")
+    parser.add_argument("--rate", type=float, default=100.0, help="req/s for the gateway overhead test")
+    parser.add_argument("--overhead-requests", type=int, default=300)
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+
+    _, profile = load_profile(args.profile)
+    placement = profile.tiers[3]
+    threads = len(os.sched_getaffinity(0)) if placement.options.get("threads", "auto") == "auto" else placement.options["threads"]
+    n_ctx = placement.options.get("n_ctx", 2048)
+    model_path = resolve_model_file(placement.model, load_catalog())
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+
+    results: dict[str, list[dict]] = {"ours": bench_ours(levels, args.max_tokens, log_dir, args.profile)}
+    if not args.skip_llama_cpp_python:
+        port = free_port()
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", "smollm2",
+               "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
+               "--port", str(port), "--verbose", "False",
+               "--interrupt_requests", "False"]  # by default a new request cuts the running stream
+        results["llama-cpp-python server"] = bench_external(
+            cmd, port, levels, args.max_tokens, log_dir / "tier3-throughput-llama-cpp-python.log",
+            "llama-cpp-python", "/v1/models")
+    if args.llama_server:
+        port = free_port()
+        parallel = max(levels)
+        cmd = [str(args.llama_server), "-m", str(model_path), "-t", str(threads), "-tb", str(threads),
+               "-c", str(n_ctx * parallel), "--parallel", str(parallel), "--cont-batching", "--port", str(port),
+               "--alias", "smollm2"]
+        results["native llama-server"] = bench_external(
+            cmd, port, levels, args.max_tokens, log_dir / "tier3-throughput-llama-server.log", "llama-server", "/health")
+
+    print(f"# Tier 3 throughput: {placement.model}, {threads} threads, n_ctx {n_ctx}, max_tokens={args.max_tokens}, "
+          f"temperature 0, streaming ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
+    print()
+    others = [name for name in results if name != "ours"]
+    print("| server | clients | requests | aggregate tok/s | p50 latency s | p95 latency s | p50 TTFT s |"
+          + "".join(f" ours / {o} |" for o in others))
+    print("|---|---|---|---|---|---|---|" + "---|" * len(others))
+    for name, rows in results.items():
+        for i, row in enumerate(rows):
+            ratios = "".join(
+                f" {results['ours'][i]['tok_s'] / results[o][i]['tok_s']:.2f} |" if name == "ours" else " |"
+                for o in others)
+            print(f"| {name} | {row['clients']} | {row['requests']} | {row['tok_s']:.1f} | {row['p50']:.2f} | "
+                  f"{row['p95']:.2f} | {row['ttft50']:.3f} |{ratios}")
+
+    if not args.skip_overhead:
+        via_http = overhead_endpoint(args.rate, args.overhead_requests, log_dir)
+        direct = overhead_direct(placement, args.rate, args.overhead_requests)
+        print()
+        print(f"Gateway overhead: {args.overhead_requests} one-token completions paced at {args.rate:.0f} req/s")
+        print()
+        print("| path | p50 ms | p99 ms |")
+        print("|---|---|---|")
+        for name, values in (("endpoint (HTTP, tier:3)", via_http), ("runner in process", direct)):
+            print(f"| {name} | {statistics.median(values) * 1000:.1f} | {pct(values, 0.99) * 1000:.1f} |")
+        print()
+        print(f"gateway overhead p50: {(statistics.median(via_http) - statistics.median(direct)) * 1000:.1f} ms, "
+              f"p99: {(pct(via_http, 0.99) - pct(direct, 0.99)) * 1000:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
