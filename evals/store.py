@@ -1,0 +1,136 @@
+"""The results store: SQLite under the data dir, one row per (suite, example, model config), decisions too.
+
+Like the ledger (and llm's logs.db): numbered migrations, applied ones recorded, a shipped one never edited;
+`record_result` is the one write path for results. A row is committed as soon as its example is scored, so a
+killed run loses at most the examples in flight, and the next run skips everything already stored.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from evals.data import data_dir
+
+SCHEMA_VERSION = 1
+
+
+def _m001_results(db: sqlite3.Connection) -> None:
+    db.execute("""CREATE TABLE results (
+        suite TEXT NOT NULL, example_id TEXT NOT NULL, config_hash TEXT NOT NULL,
+        outcome TEXT NOT NULL, answer TEXT, parsed TEXT, target TEXT,
+        latency_ms REAL, prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0, model TEXT, tier INTEGER, error TEXT, run_id TEXT, ts REAL NOT NULL,
+        PRIMARY KEY (suite, example_id, config_hash))""")
+    db.execute("""CREATE TABLE configs (config_hash TEXT PRIMARY KEY, label TEXT NOT NULL, config TEXT NOT NULL,
+        ts REAL NOT NULL)""")
+
+
+def _m002_decisions(db: sqlite3.Connection) -> None:
+    db.execute("""CREATE TABLE decisions (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+        tier INTEGER NOT NULL, candidate TEXT NOT NULL, incumbent TEXT NOT NULL, passed INTEGER NOT NULL,
+        dry_run INTEGER NOT NULL, applied INTEGER NOT NULL, details TEXT NOT NULL)""")
+
+
+MIGRATIONS = [(1, "results", _m001_results), (2, "decisions", _m002_decisions)]
+OUTCOMES = ("correct", "wrong", "unparseable", "gate_failure", "error", "timeout")
+
+
+@dataclass
+class Result:
+    suite: str
+    example_id: str
+    config_hash: str
+    outcome: str
+    answer: str | None = None
+    parsed: str | None = None
+    target: str | None = None
+    latency_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    model: str | None = None
+    tier: int | None = None
+    error: str | None = None
+    run_id: str | None = None
+    ts: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome != "correct"
+
+
+class ResultStore:
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else data_dir() / "evals.db"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.row_factory = sqlite3.Row
+        self.migrate()
+
+    def migrate(self) -> None:
+        with self._lock:
+            self.db.execute("CREATE TABLE IF NOT EXISTS eval_migrations (number INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                            " applied_at REAL NOT NULL)")
+            applied = {r[0] for r in self.db.execute("SELECT number FROM eval_migrations")}
+            for number, name, fn in MIGRATIONS:
+                if number in applied:
+                    continue
+                self.db.execute("BEGIN IMMEDIATE")
+                try:
+                    fn(self.db)
+                    self.db.execute("INSERT INTO eval_migrations VALUES (?, ?, ?)", (number, name, time.time()))
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+
+    def record_config(self, config_hash: str, label: str, config: dict) -> None:
+        with self._lock:
+            self.db.execute("INSERT OR IGNORE INTO configs VALUES (?, ?, ?, ?)",
+                            (config_hash, label, json.dumps(config, sort_keys=True), time.time()))
+
+    def record_result(self, result: Result) -> None:
+        """The one write path for results; committed at once."""
+        row = asdict(result)
+        row["ts"] = row["ts"] or time.time()
+        with self._lock:
+            self.db.execute(f"INSERT OR REPLACE INTO results ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                            tuple(row.values()))
+
+    def done_ids(self, suite: str, config_hash: str) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self.db.execute(
+                "SELECT example_id FROM results WHERE suite = ? AND config_hash = ?", (suite, config_hash))}
+
+    def results(self, suite: str, config_hash: str, example_ids: list[str] | None = None) -> list[Result]:
+        with self._lock:
+            rows = [Result(**dict(r)) for r in self.db.execute(
+                "SELECT * FROM results WHERE suite = ? AND config_hash = ? ORDER BY example_id", (suite, config_hash))]
+        if example_ids is not None:
+            wanted = set(example_ids)
+            rows = [r for r in rows if r.example_id in wanted]
+        return rows
+
+    def record_decision(self, tier: int, candidate: str, incumbent: str, passed: bool, dry_run: bool, applied: bool,
+                        details: dict) -> int:
+        with self._lock:
+            cur = self.db.execute(
+                "INSERT INTO decisions (ts, tier, candidate, incumbent, passed, dry_run, applied, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), tier, candidate, incumbent, int(passed), int(dry_run), int(applied),
+                 json.dumps(details, sort_keys=True, default=str)))
+            return cur.lastrowid
+
+    def decisions(self) -> list[dict]:
+        with self._lock:
+            return [dict(r) for r in self.db.execute("SELECT * FROM decisions ORDER BY id")]
+
+    def close(self) -> None:
+        self.db.close()
