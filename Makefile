@@ -71,5 +71,12 @@ bench: $(STAMP)
 bench-vllm: $(STAMP) vllm-setup
 	$(PY) benchmarks/tier2_vllm.py --runs 5 --max-tokens 128 --streams 4
 
+# The table in docs/evals.md: both local models on every shipped suite (reports under .data/).
+eval-table: $(STAMP)
+	mkdir -p .data
+	$(VENV)/bin/tier-runner eval --suites all --model smollm2-135m-instruct-q4_1 \
+		--model qwen2.5-coder-0.5b-instruct-q4_k_m --concurrency 2 \
+		--report-md .data/evals-table.md --report-html .data/evals-report.html
+
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
