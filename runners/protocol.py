@@ -29,12 +29,32 @@ class ChatMessage(BaseModel):
         return "".join(part.text for part in self.content)
 
 
+MAX_SCHEMA_DEPTH = 24
+MAX_SCHEMA_NODES = 2000
+
+
 class JsonSchemaSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=64)
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _bounded(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        """Grammars are built from schemas: a deeply nested or enormous one would stall the server."""
+        nodes, stack = 0, [(schema, 1)]
+        while stack:
+            node, depth = stack.pop()
+            nodes += 1
+            if depth > MAX_SCHEMA_DEPTH:
+                raise ValueError(f"schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+            if nodes > MAX_SCHEMA_NODES:
+                raise ValueError(f"schema has more than {MAX_SCHEMA_NODES} values (a huge enum?)")
+            children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+            stack.extend((child, depth + 1) for child in children)
+        return schema
 
 
 class ResponseFormat(BaseModel):

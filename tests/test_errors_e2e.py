@@ -124,3 +124,38 @@ def test_feature_header_routes_and_conflicts_are_rejected(server):
     clash = post(server, {**GOOD, "model": "feature:ticket-triage"}, headers={"x-feature": "contract-review"})
     assert clash.status_code == 400
     assert json.loads(clash.text)["error"]["param"] == "model"
+
+
+def nested_schema(depth: int) -> dict:
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+@pytest.mark.parametrize(("schema", "fragment"), [
+    (nested_schema(40), "nests deeper than 24"),
+    ({"type": "string", "enum": [f"v{i}" for i in range(5000)]}, "more than 2000 values"),
+])
+def test_pathological_json_schema_is_a_clean_400(server, schema, fragment):
+    body = {**GOOD, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+    response = post(server, body)
+    assert response.status_code == 400
+    assert fragment in response.json()["error"]["message"]
+    assert_still_serving(server)
+
+
+def test_too_many_messages_is_a_clean_400(server):
+    body = {**GOOD, "messages": [{"role": "user", "content": "hi"}] * 300}
+    response = post(server, body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages"
+    assert "256 allowed" in response.json()["error"]["message"]
+
+
+def test_client_disconnecting_mid_stream_leaves_the_server_serving(server):
+    body = {**GOOD, "max_tokens": 200, "stream": True, "messages": [{"role": "user", "content": "Tell a long story."}]}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                break  # leave after the first event
+    assert_still_serving(server)
