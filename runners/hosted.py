@@ -148,6 +148,11 @@ class HostedRunner(Runner):
     options: HostedOptions
 
     @property
+    def enforces_json_schema(self) -> bool:
+        """Anthropic's Messages API has no json_schema output; an escalation there is checked by the gate alone."""
+        return self.options.provider == "openai"
+
+    @property
     def where(self) -> str:
         return f"tier {self.tier} ({self.model_name} at {urlsplit(self.options.base_url).netloc})"
 

@@ -100,7 +100,8 @@ async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequ
         raise TierUnavailable(f"{why}, which is {state}; the unverified answer is not returned")
     started = time.perf_counter()
     try:
-        completion, verdict, usage = await _gated_call(stronger, _with_gate_schema(request, gates), gates, seed_offset=0)
+        asked = _with_gate_schema(request, gates) if getattr(stronger, "enforces_json_schema", True) else request
+        completion, verdict, usage = await _gated_call(stronger, asked, gates, seed_offset=0)
     except TierUnavailable as exc:
         raise TierUnavailable(f"{why}: {exc.message}; the unverified answer is not returned") from None
     outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", verdict, usage, _ms_since(started)))
