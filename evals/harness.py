@@ -47,19 +47,19 @@ class Target:
 def resolve_target(base_url: str, route: str, tier: int | None = None, label: str | None = None) -> Target:
     """Ask the gateway which runner and model serve the route's tier (for the config hash and the report)."""
     base_url = base_url.rstrip("/")
-    if route.startswith("tier:"):
-        tier = int(route.removeprefix("tier:"))
-    elif tier is None:
-        models = httpx.get(f"{base_url}/v1/models", timeout=10).json()
-        names = [m["id"] for m in models.get("data", [])]
-        if route not in names:
-            raise ConfigError(f"{route} is not routable on {base_url}; it serves: {', '.join(names)}")
-        raise ConfigError(f"give the tier of {route} (the suite's `tier`)")
     try:
         ready = httpx.get(f"{base_url}/ready", timeout=10).json()
+        names = [m["id"] for m in httpx.get(f"{base_url}/v1/models", timeout=10).json().get("data", [])]
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach the gateway at {base_url} ({exc.__class__.__name__}); start it with "
                           f"`tier-runner serve` or pass --url") from None
+    if route.startswith("tier:"):
+        tier = int(route.removeprefix("tier:"))
+    elif route not in names:
+        raise ConfigError(f"{route} is not in the routing table of {base_url}; add the feature to the table "
+                          f"(--routing) or use --via tier. Routable: {', '.join(names)}")
+    elif tier is None:
+        raise ConfigError(f"give the tier of {route} (the suite's `tier`)")
     status = ready.get("tiers", {}).get(str(tier), {})
     if status.get("state") != "ready":
         raise ConfigError(f"tier {tier} on {base_url} is {status.get('state', 'unknown')}: {status.get('detail', '')}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from evals.store import OUTCOMES, Result
 from tiers.ledger.stats import Rate, effective_cost, percentile
@@ -29,7 +29,6 @@ class Summary:
     cost_per_success: float | None
     effective_cost_per_success: float | None  # (spend + failures x the feature's failure cost) / successes
     failure_cost_usd: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         low, high = self.rate.interval
@@ -99,21 +98,22 @@ def _plots(summaries: list[Summary]) -> tuple[str, str]:
     from matplotlib import pyplot as plt
 
     suites = sorted({s.suite for s in summaries})
-    labels = sorted({s.label for s in summaries})
+    model = {id(s): s.model or s.label for s in summaries}  # one colour per model, whatever route it ran on
+    labels = sorted(set(model.values()))
     width = 0.8 / max(1, len(labels))
     fig, ax = plt.subplots(figsize=(8, 4))
     for j, label in enumerate(labels):
-        for s in (x for x in summaries if x.label == label and x.rate.n):
+        shown = [x for x in summaries if model[id(x)] == label and x.rate.n]
+        for s in shown:
             i = suites.index(s.suite)
             low, high = s.rate.interval
-            ax.bar(i + j * width, s.rate.value, width, color=f"C{j}", label=label if i == suites.index(
-                next(x.suite for x in summaries if x.label == label and x.rate.n)) else None)
+            ax.bar(i + j * width, s.rate.value, width, color=f"C{j}", label=label if s is shown[0] else None)
             ax.errorbar(i + j * width, s.rate.value, yerr=[[s.rate.value - low], [high - s.rate.value]], color="black",
                         capsize=3)
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(suites))], suites)
     ax.set_ylabel("failure rate (95% Wilson interval)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.25)
+    ax.legend(fontsize=8, loc="upper left")
     ax.set_title("Failure rate per suite and model")
     rate_svg = _svg(fig)
     plt.close(fig)
@@ -122,7 +122,7 @@ def _plots(summaries: list[Summary]) -> tuple[str, str]:
     bottom = {s: [0.0] * len(suites) for s in labels}
     kinds = [k for k in OUTCOMES if k != "correct"]
     for j, label in enumerate(labels):
-        rows = {x.suite: x for x in summaries if x.label == label}
+        rows = {x.suite: x for x in summaries if model[id(x)] == label}
         for k, kind in enumerate(kinds):
             heights = [rows[s].outcomes[kind] / rows[s].rate.n if s in rows and rows[s].rate.n else 0 for s in suites]
             ax.bar([i + j * width for i in range(len(suites))], heights, width, bottom=bottom[label], color=f"C{k}",
@@ -130,8 +130,9 @@ def _plots(summaries: list[Summary]) -> tuple[str, str]:
             bottom[label] = [b + h for b, h in zip(bottom[label], heights)]
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(suites))], suites)
     ax.set_ylabel("share of examples")
+    ax.set_ylim(0, 1.25)
     ax.set_title("Failure breakdown (bars left to right: " + ", ".join(labels) + ")", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
     breakdown_svg = _svg(fig)
     plt.close(fig)
     return rate_svg, breakdown_svg

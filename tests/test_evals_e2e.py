@@ -107,3 +107,48 @@ def test_promotion_fails_with_the_table_of_why(promotion):
     assert "FAIL: upper bound" in result.stdout and "routing failure_targets[3]" in result.stdout
     assert profile.read_text() == before
     assert ResultStore(store).decisions()[-1]["passed"] == 0
+
+
+def test_a_replay_of_stored_prompts_with_feedback_as_gold_through_the_feature(tmp_path):
+    import httpx
+    import yaml
+
+    from tests.conftest import ServerProcess
+    from tiers.routing import DEFAULT_ROUTING
+
+    table = yaml.safe_load(DEFAULT_ROUTING.read_text())
+    table["features"]["ticket-triage"]["store_text"] = {"retention_days": 1}
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(yaml.safe_dump(table))
+    server = ServerProcess("--routing", str(routing), log_path=tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        ids = []
+        for text in ("My parcel never arrived", "I was charged twice", "How do I reset my password?"):
+            r = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
+                "model": "feature:ticket-triage", "temperature": 0, "seed": 0, "max_tokens": 32,
+                "messages": [{"role": "user", "content": f"Name the queue (billing, shipping or account): {text}"}]})
+            assert r.status_code == 200, r.text
+            ids.append(r.headers["x-request-id"])
+        for request_id, outcome, note in [(ids[0], "accepted", None), (ids[1], "accepted", None),
+                                          (ids[2], "corrected", "account")]:
+            body = {"request_id": request_id, "outcome": outcome, **({"note": note} if note else {})}
+            assert httpx.post(f"{server.base_url}/v1/feedback", json=body, timeout=10).status_code == 200
+        suite = tmp_path / "triage-replay.yaml"
+        suite.write_text(yaml.safe_dump({
+            "name": "triage-replay", "feature": "ticket-triage", "tier": 3, "record": "replay", "n": 10,
+            "max_tokens": 32, "source": {"ledger": str(server.data_dir), "feature": "ticket-triage"},
+            "scorer": {"name": "exact"}}))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the ledger's writer moves spooled rows into the database
+            result = tier_runner("eval", "--url", server.base_url, "--suites", str(suite), "--via", "feature",
+                                 "--store", str(tmp_path / "evals.db"), "--concurrency", "1")
+            assert result.returncode == 0, result.stderr[-3000:]
+            if summaries(result.stderr)[0]["examples"] == 3:
+                break
+            time.sleep(1)
+        [summary] = summaries(result.stderr)
+        assert summary["examples"] == 3 and summary["target"].endswith("(feature:ticket-triage)")
+        assert summary["outcomes"]["correct"] >= 2  # the accepted answers come back the same at temperature 0
+    finally:
+        server.stop()
