@@ -69,6 +69,21 @@ class Supervisor:
             self._watch = None
         await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
 
+    async def replace(self, tier: int, runner: Runner) -> Runner | None:
+        """Start `runner`, then put it in place of the tier's current one (returned, still running).
+
+        The old runner keeps answering until the new one is ready; the caller stops it once the
+        requests that started on it have had time to finish.
+        """
+        await runner.start()
+        if runner.state != "ready":
+            await runner.stop()
+            raise ConfigError(f"tier {tier}: the new runner did not become ready: {runner.status().detail}")
+        old = self.runners.get(tier)
+        self.runners[tier] = runner
+        self._restarts[tier] = _Restarts(runner.placement.restart.backoff_s)
+        return old
+
     def restarts(self, tier: int) -> int:
         return self._restarts[tier].attempts
 

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from hardware.errors import ConfigError, InvalidRequest, TierUnavailable
 from hardware.profile import Price, load_profile
@@ -51,6 +52,8 @@ class Gateway:
         self.supervisor = Supervisor(self.runners, source)
         self.started_at = now()
         self._watcher: asyncio.Task | None = None
+        self._profile_stamp = _file_stamp(self.profile_path)
+        self._retiring: set[asyncio.Task] = set()
 
     @property
     def profile_name(self) -> str:
@@ -60,11 +63,13 @@ class Gateway:
         """Start every runner through the supervisor (which also restarts failed ones), then watch the routing file."""
         await self.supervisor.start()
         if self.settings.reload_interval_s > 0:
-            self._watcher = asyncio.create_task(self._watch_routing())
+            self._watcher = asyncio.create_task(self._watch_files())
 
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        for task in list(self._retiring):
+            task.cancel()
         await self.supervisor.stop()
 
     # -- live reload of the routing table ---------------------------------------------------------
@@ -81,14 +86,50 @@ class Gateway:
         log.info("routing table reloaded from %s: %d features", self.settings.routing, len(table.features))
         return table
 
-    async def _watch_routing(self) -> None:
+    async def reload_profile(self) -> list[int]:
+        """Swap in the runners of tiers whose placement changed in the profile file (a promoted model).
+
+        Only tiers present in both the old and the new profile are swapped; adding or removing a tier
+        needs a restart. A bad file or a runner that does not start is rejected, and the old runners serve.
+        """
+        self._profile_stamp = _file_stamp(self.profile_path)
+        try:
+            _, profile = load_profile(self.profile_path)
+            if set(profile.tiers) != set(self.profile.tiers):
+                raise ConfigError(f"{self.profile_path}: tiers were added or removed; restart the server for that")
+            changed = [t for t in profile.tiers if profile.tiers[t] != self.profile.tiers[t]]
+            fresh = {t: build_runner(t, profile.tiers[t], str(self.profile_path), profile.devices) for t in changed}
+            for tier, runner in fresh.items():
+                old = await self.supervisor.replace(tier, runner)
+                log.info("tier %s now serves %s (was %s)", tier, runner.model_name, old.model_name if old else "none")
+                if old is not None:
+                    self._retire(old)
+        except ConfigError as exc:
+            log.error("profile reload rejected, the previous runners keep serving: %s", exc.message)
+            raise ReloadRejected(f"profile reload rejected, the previous runners keep serving: {exc.message}") from None
+        self.profile = profile
+        return changed
+
+    def _retire(self, runner: Runner, grace_s: float = 30.0) -> None:
+        """Stop a replaced runner once requests that started on it have had `grace_s` to finish."""
+        async def later() -> None:
+            await asyncio.sleep(grace_s)
+            await runner.stop()
+
+        task = asyncio.create_task(later())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _watch_files(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reload_interval_s)
-            if _stamp(self.settings) != self._routing_stamp:
-                try:
+            try:
+                if _stamp(self.settings) != self._routing_stamp:
                     self.reload_routing()
-                except ReloadRejected:
-                    pass  # already logged; the old table stays
+                if _file_stamp(self.profile_path) != self._profile_stamp:
+                    await self.reload_profile()
+            except ReloadRejected:
+                pass  # already logged; the old configuration keeps serving
 
     # -- requests ----------------------------------------------------------------------------
     def dispatch(self, request: ChatCompletionRequest, header_feature: str | None) -> Dispatch:
@@ -154,8 +195,12 @@ class Gateway:
 
 
 def _stamp(settings: Settings) -> tuple[int, int] | None:
+    return _file_stamp(settings.routing)
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
     try:
-        stat = settings.routing.stat()
+        stat = path.stat()
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size

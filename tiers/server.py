@@ -122,9 +122,11 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.post("/admin/reload", dependencies=Admin)
-    async def reload_routing() -> dict:
+    async def reload_configuration() -> dict:
         table = gateway.reload_routing()
-        return {"status": "reloaded", "routing": str(settings.routing), "features": sorted(table.features)}
+        swapped = await gateway.reload_profile()
+        return {"status": "reloaded", "routing": str(settings.routing), "features": sorted(table.features),
+                "profile": str(gateway.profile_path), "tiers_swapped": swapped}
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(key: ClientKey | None = Depends(client)) -> ModelList:
