@@ -125,11 +125,14 @@ def test_disconnected_stream_frees_its_slot(one_slot_server):
 
 def test_full_queue_answers_503_with_openai_error(one_slot_server):
     url = f"{one_slot_server.base_url}/v1/chat/completions"
-    long = body("Write a very long story about a lighthouse.", temperature=0, max_tokens=300)
+    # sampled with a seed and up to 1500 tokens: it holds the only slot for seconds, not a few tokens
+    long = body("Write a very long story about the history of the world.", temperature=0.8, seed=3, max_tokens=1500)
     with httpx.Client(timeout=60) as client:
         with client.stream("POST", url, json={**long, "stream": True}) as response:
             assert response.status_code == 200
-            next(line for line in response.iter_lines() if line.startswith("data: "))  # it holds the slot now
+            # keep the line iterator alive: a discarded one closes the response, i.e. disconnects the client
+            lines = response.iter_lines()
+            next(line for line in lines if line.startswith("data: "))  # it holds the slot now
             refused = client.post(url, json=body("Say hello.", temperature=0, max_tokens=4))
         assert refused.status_code == 503, refused.text
         error = refused.json()["error"]
