@@ -161,4 +161,15 @@ def test_request_log_has_one_line_per_request_without_prompt_text(openai_client,
     assert len(lines) == 1
     record = json.loads(lines[0].split("tier_runner.requests ", 1)[1])
     assert record["status"] == 200 and record["tier"] == 3 and record["completion_tokens"] <= 4
+    assert 0 < record["runner_ms"] < record["ms"]
     assert "zebra-banana" not in server.output()
+
+
+def test_server_timing_splits_gateway_time_from_runner_time(server):
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", timeout=60, json={
+        "model": "tier:3", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 2, "temperature": 0})
+    assert response.status_code == 200
+    timings = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    gateway_ms, runner_ms = float(timings["gateway"]), float(timings["runner"])
+    assert runner_ms > 0 and gateway_ms > 0
+    assert gateway_ms + runner_ms < response.elapsed.total_seconds() * 1000  # both inside what the client waited

@@ -84,6 +84,7 @@ class ChatService:
         if policy is not None and (verdict is None or verdict.passed):
             self._store_later(dispatch, body, policy, outcome.runner, outcome.completion, request_id)
         _summarize(summary, outcome.runner.tier, outcome.runner.model_name, outcome.completion.usage)
+        summary["runner_ms"] = round(sum(attempt.latency_ms for attempt in outcome.attempts), 3)
         headers = _headers(dispatch, outcome.runner, outcome)
         headers["x-cost-usd"] = f"{sum(row.cost_usd for row in rows):.8f}"
         headers["x-cache"] = "miss" if policy is not None else "off"
@@ -112,6 +113,7 @@ class ChatService:
                                  client_key_id=client_key_id, ttft_ms=latency_ms)
         self.recorder.record(rows)
         _summarize(summary, runner.tier, runner.model_name, None)
+        summary["runner_ms"] = 0.0
         headers = _headers(dispatch, runner, None)
         headers.update({"x-cache": "hit", "x-cache-similarity": f"{hit.similarity:.4f}", "x-cost-usd": "0.00000000"})
         if body.stream:

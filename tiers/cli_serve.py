@@ -45,6 +45,8 @@ def serve(host: str, port: int, profile: str, routing: Path | None, max_body_byt
         fields["routing"] = routing
     settings = Settings(**fields)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # httpx logs every upstream call at INFO; our own request line already says what happened.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
     app = create_app(settings)  # configuration errors stop us here, before binding
     app.state.access.check_bind(host)
     mode = "keyless: no client keys, only this machine can call it" if keys is None else f"client keys from {keys}"

@@ -14,11 +14,16 @@ from runners.protocol import ErrorBody, ErrorResponse
 access_log = logging.getLogger("tier_runner.requests")
 
 # Request fields the route may record for the log line (never prompt or completion text).
-LOGGED_FIELDS = ("feature", "tier", "model", "prompt_tokens", "completion_tokens", "error")
+LOGGED_FIELDS = ("feature", "tier", "model", "prompt_tokens", "completion_tokens", "runner_ms", "error")
 
 
 class RequestContextMiddleware:
-    """Assigns x-request-id, measures latency, and logs a structured line when the response ends."""
+    """Assigns x-request-id, measures latency, and logs a structured line when the response ends.
+
+    When the route recorded how long the runners took (`runner_ms`, whole answers only), the response
+    carries `Server-Timing: gateway;dur=..., runner;dur=...`, so what the gateway itself adds is
+    visible per request, to clients and to benchmarks/gateway_overhead.py.
+    """
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -37,7 +42,12 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", request_id.encode())]
+                headers = list(message.get("headers", [])) + [(b"x-request-id", request_id.encode())]
+                runner_ms = state.get("runner_ms")
+                if runner_ms is not None:
+                    gateway_ms = (time.perf_counter() - started) * 1000 - runner_ms
+                    headers.append((b"server-timing", f"gateway;dur={gateway_ms:.3f}, runner;dur={runner_ms:.3f}".encode()))
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -47,10 +47,12 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     chat = ChatService(gateway, recorder, access, cache, settings.max_messages)
 
     # Dependencies are given as defaults (not Annotated): they are closures over this app's `access`.
-    def client(secret: str | None = Depends(bearer)) -> ClientKey | None:
+    # They are `async def` because FastAPI runs a plain `def` dependency in a worker thread, a hop that
+    # cost more than the whole check (benchmarks/gateway_overhead.py).
+    async def client(secret: str | None = Depends(bearer)) -> ClientKey | None:
         return access.authenticate(secret)
 
-    def admin(secret: str | None = Depends(bearer)) -> None:
+    async def admin(secret: str | None = Depends(bearer)) -> None:
         access.require_admin(secret)
 
     Admin = [Depends(admin)]
@@ -87,7 +89,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
         if reply.chunks is not None:
             return StreamingResponse(_sse(request, reply), media_type="text/event-stream", headers=reply.headers)
         _log_fields(request, reply)
-        return JSONResponse(reply.completion.model_dump(mode="json"), headers=reply.headers)
+        return Response(reply.completion.model_dump_json(), media_type="application/json", headers=reply.headers)
 
     @app.post("/v1/feedback", responses=ERRORS)
     async def feedback(body: FeedbackRequest, key: ClientKey | None = Depends(client)) -> dict:
@@ -145,7 +147,7 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> FastAPI:
     return app
 
 
-def bearer(authorization: Annotated[str | None, Header()] = None,
+async def bearer(authorization: Annotated[str | None, Header()] = None,
            x_api_key: Annotated[str | None, Header()] = None) -> str | None:
     """The caller's secret from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key`."""
     if authorization and authorization.lower().startswith("bearer "):
