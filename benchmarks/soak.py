@@ -117,7 +117,7 @@ def main() -> None:
           f"{pct(0.99):.3f} | {', '.join(f'{k}: {v}' for k, v in sorted(outcomes.items()))} | {final_rows} |")
     third = max(1, len(memory) // 3)
     early, late = max(m for _, m in memory[third:2 * third] or memory), max(m for _, m in memory[2 * third:] or memory)
-    print(f"\nRSS MB over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in memory[:: max(1, len(memory) // 12)]))
+    print("\nRSS MB over time: " + ", ".join(f"{t:.0f}s {m:.0f}" for t, m in memory[:: max(1, len(memory) // 12)]))
     print(f"RSS max middle third {early:.0f} MB, last third {late:.0f} MB: "
           f"{'plateau' if late <= early * 1.10 else 'GROWING'} ({(late / early - 1) * 100:+.1f}%)")
     print(f"ledger final rows {final_rows} vs requests {len(results)}: {'equal' if final_rows == len(results) else 'MISMATCH'}")

@@ -4,8 +4,7 @@ The servers run one after another, never at once, on the same GGUF file, thread 
 Workload per level: C concurrent streaming clients, each sending requests back to back until the level
 has sent max(2*C, 8) requests; fixed prompts, max_tokens 64, temperature 0, seed 7.
 aggregate tok/s = completion tokens of the level / wall time of the level. TTFT = first content chunk.
-Then the gateway's own overhead: 1-token completions paced at --rate req/s through the endpoint vs the
-same runner called in process.
+The gateway's own overhead per request is measured by benchmarks/gateway_overhead.py.
 Usage: python benchmarks/tier3_throughput.py [--levels 1,4,8,16] [--llama-server PATH] [--skip-llama-cpp-python]
 """
 
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import ServerProcess, free_port  # noqa: E402  (the same subprocess helper the tests use)
+from harness import pct, stop, wait_http  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402
@@ -50,11 +50,6 @@ class Result:
     tokens: int
     latency: float
     ttft: float
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 async def one_request(client: httpx.AsyncClient, url: str, model: str, prompt: str, max_tokens: int) -> Result:
@@ -107,30 +102,6 @@ async def level(base_url: str, model: str, clients: int, max_tokens: int) -> dic
     }
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run_levels(base_url: str, model: str, levels: list[int], max_tokens: int, name: str) -> list[dict]:
     rows = []
     for clients in levels:
@@ -160,76 +131,13 @@ def bench_external(cmd: list[str], port: int, levels, max_tokens, log: Path, nam
             stop(proc)
 
 
-# -- gateway overhead: 1-token completions, paced --------------------------------------------------
-async def paced(call, rate: float, n: int) -> list[float]:
-    latencies: list[float] = []
-
-    async def timed() -> None:
-        start = time.perf_counter()
-        await call()
-        latencies.append(time.perf_counter() - start)
-
-    tasks = []
-    start = time.perf_counter()
-    for i in range(n):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(timed()))
-    await asyncio.gather(*tasks)
-    return latencies
-
-
-def overhead_endpoint(rate: float, n: int, log_dir: Path) -> list[float]:
-    server = ServerProcess(log_path=log_dir / "tier3-overhead-ours.log")
-    body = {"model": "tier:3", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
-
-    async def run() -> list[float]:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60,
-                                     limits=httpx.Limits(max_connections=64)) as client:
-            async def call():
-                (await client.post("/v1/chat/completions", json=body)).raise_for_status()
-            await paced(call, rate, 20)  # warm-up
-            return await paced(call, rate, n)
-
-    try:
-        server.wait_ready()
-        return asyncio.run(run())
-    finally:
-        server.stop()
-
-
-def overhead_direct(placement, rate: float, n: int) -> list[float]:
-    from runners.base import build_runner
-    from runners.protocol import ChatCompletionRequest
-
-    request = ChatCompletionRequest.model_validate(
-        {"model": "tier:3", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0})
-
-    async def run() -> list[float]:
-        runner = build_runner(3, placement, "workstation")
-        await runner.start()
-        try:
-            async def call():
-                await runner.complete(request)
-            await paced(call, rate, 20)
-            return await paced(call, rate, n)
-        finally:
-            await runner.stop()
-
-    return asyncio.run(run())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--llama-server", type=Path, help="native llama.cpp llama-server binary (optional)")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
-    parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--profile", default="workstation", help="profile for our endpoint (name or YAML path)")
-    parser.add_argument("--rate", type=float, default=100.0, help="req/s for the gateway overhead test")
-    parser.add_argument("--overhead-requests", type=int, default=300)
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -273,20 +181,6 @@ def main() -> None:
                 for o in others)
             print(f"| {name} | {row['clients']} | {row['requests']} | {row['tok_s']:.1f} | {row['p50']:.2f} | "
                   f"{row['p95']:.2f} | {row['ttft50']:.3f} |{ratios}")
-
-    if not args.skip_overhead:
-        via_http = overhead_endpoint(args.rate, args.overhead_requests, log_dir)
-        direct = overhead_direct(placement, args.rate, args.overhead_requests)
-        print()
-        print(f"Gateway overhead: {args.overhead_requests} one-token completions paced at {args.rate:.0f} req/s")
-        print()
-        print("| path | p50 ms | p99 ms |")
-        print("|---|---|---|")
-        for name, values in (("endpoint (HTTP, tier:3)", via_http), ("runner in process", direct)):
-            print(f"| {name} | {statistics.median(values) * 1000:.1f} | {pct(values, 0.99) * 1000:.1f} |")
-        print()
-        print(f"gateway overhead p50: {(statistics.median(via_http) - statistics.median(direct)) * 1000:.1f} ms, "
-              f"p99: {(pct(via_http, 0.99) - pct(direct, 0.99)) * 1000:.1f} ms")
 
 
 if __name__ == "__main__":
