@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hardware.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners import anthropic
 from runners.base import Runner, RunnerStatus, register_runner, reject_guided
+from runners.openai_http import OpenAIStream, error_message, request_payload
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
 
@@ -86,34 +87,13 @@ class OpenAIWire:
         return {"authorization": f"Bearer {key}"} if key else {}
 
     def body(self, request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
-        payload = request.model_dump(mode="json", exclude_none=True, by_alias=True)
-        payload.update(model=model, stream=stream)
-        if not stream:
-            payload.pop("stream_options", None)
-        return payload
+        return request_payload(request, model, stream)
 
     def completion(self, data: Any) -> ChatCompletion:
         return ChatCompletion.model_validate(data)
 
     def translator(self, request: ChatCompletionRequest) -> OpenAIStream:
         return OpenAIStream()
-
-
-class OpenAIStream:
-    def __init__(self):
-        self.done = False
-
-    def feed_line(self, line: str) -> list[ChatCompletionChunk]:
-        if not line.startswith("data:"):
-            return []
-        data = line.removeprefix("data:").strip()
-        if data == "[DONE]":
-            self.done = True
-            return []
-        event = json.loads(data)
-        if "error" in event:
-            raise RunnerFailed(f"failed mid-stream: {(event['error'] or {}).get('message', '')}")
-        return [ChatCompletionChunk.model_validate(event)]
 
 
 class AnthropicWire:
@@ -313,12 +293,7 @@ class HostedRunner(Runner):
 
     async def _raise_for_status(self, response: httpx.Response) -> None:
         status = response.status_code
-        body = (await response.aread()).decode("utf-8", "replace")
-        try:
-            message = json.loads(body)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = body[:200]
-        message = self._redact(str(message))
+        message = self._redact(error_message((await response.aread()).decode("utf-8", "replace")))
         if status in RETRYABLE or status >= 500:
             headers = response.headers
             wait = retry_after_s(headers.get("retry-after"))

@@ -1,13 +1,18 @@
-"""Forwarding to any server that speaks OpenAI chat completions over HTTP (a hosted API, a vLLM server).
+"""The OpenAI chat-completions wire, for every runner that forwards to such a server (vLLM, hosted APIs).
 
-One pooled httpx client per endpoint. Transport failures and error statuses become the product's
-named exceptions; the message names the tier and the fix, and never contains a key.
+- `request_payload`: the client's request as the backend's JSON body.
+- `OpenAIStream`: SSE lines in, chunks out, `[DONE]` and mid-stream error events included.
+- `error_message`: the message of an error body, whichever shape the server uses.
+- `OpenAIEndpoint`: one pooled httpx client per endpoint (vLLM's; hosted APIs add retries of their own).
+  Transport failures and error statuses become the product's named exceptions; the message names the
+  tier and the fix, and never contains a key.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
@@ -16,7 +21,7 @@ from hardware.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 
-def request_payload(request: ChatCompletionRequest, model: str, stream: bool) -> dict:
+def request_payload(request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
     """The client's request as JSON for the backend, with the backend's model name."""
     payload = request.model_dump(mode="json", exclude_none=True, by_alias=True)
     payload.update(model=model, stream=stream)
@@ -25,12 +30,59 @@ def request_payload(request: ChatCompletionRequest, model: str, stream: bool) ->
     return payload
 
 
+def error_message(body: str) -> str:
+    """The message of an error body, or the body's start when it has none."""
+    try:
+        message = _message_of(json.loads(body))
+    except ValueError:
+        message = None
+    return body[:200] if message is None else message
+
+
+def _message_of(data: Any) -> str | None:
+    """`{"error": {"message"}}` (OpenAI), `{"error": "..."}`, or `{"message"}` (vLLM's older shape)."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict) and "message" in error:
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return str(data["message"]) if "message" in data else None
+
+
+class OpenAIStream:
+    """Feeds an OpenAI SSE stream line by line; `done` once `[DONE]` arrived.
+
+    An error event raises RunnerFailed("failed mid-stream: ..."), an event that is not a chunk
+    RunnerFailed("sent a stream event that is not valid: ..."); callers put the tier's name in front.
+    """
+
+    def __init__(self):
+        self.done = False
+
+    def feed_line(self, line: str) -> list[ChatCompletionChunk]:
+        if not line.startswith("data:"):
+            return []
+        data = line.removeprefix("data:").strip()
+        if data == "[DONE]":
+            self.done = True
+            return []
+        try:
+            event = json.loads(data)
+            if isinstance(event, dict) and "error" in event:
+                raise RunnerFailed(f"failed mid-stream: {_message_of(event) or ''}")
+            return [ChatCompletionChunk.model_validate(event)]
+        except (ValueError, ValidationError) as exc:
+            raise RunnerFailed(f"sent a stream event that is not valid: {exc}") from None
+
+
 class OpenAIEndpoint:
     """A pooled client for one OpenAI-compatible API root (ending in /v1)."""
 
     def __init__(self, base_url: str, *, where: str, unreachable_hint: str, headers: dict[str, str] | None = None,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0, max_connections: int = 32):
-        self.where = where  # e.g. "tier 1 (gpt-4o at api.openai.com)"
+        self.where = where  # e.g. "tier 2 (smollm2-135m-instruct-bf16 on vLLM)"
         self.unreachable_hint = unreachable_hint
         self.client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"), headers=headers or {},
@@ -47,14 +99,7 @@ class OpenAIEndpoint:
     async def raise_for_status(self, response: httpx.Response) -> None:
         if response.status_code < 400:
             return
-        body = (await response.aread()).decode("utf-8", "replace")
-        try:
-            message = json.loads(body)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            try:
-                message = json.loads(body)["message"]  # vLLM's older error shape
-            except (ValueError, KeyError, TypeError):
-                message = body[:200]
+        message = error_message((await response.aread()).decode("utf-8", "replace"))
         if response.status_code in (400, 404, 422):
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
         raise RunnerFailed(f"{self.where} answered HTTP {response.status_code}: {message}")
@@ -71,19 +116,18 @@ class OpenAIEndpoint:
             raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
 
     async def stream(self, payload: dict) -> AsyncIterator[ChatCompletionChunk]:
+        parser = OpenAIStream()
         try:
             async with self.client.stream("POST", "/chat/completions", json=payload) as response:
                 await self.raise_for_status(response)
                 async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line.removeprefix("data:").strip()
-                    if data == "[DONE]":
+                    try:
+                        chunks = parser.feed_line(line)
+                    except RunnerFailed as exc:
+                        raise RunnerFailed(f"{self.where} {exc.message}") from None
+                    for chunk in chunks:
+                        yield chunk
+                    if parser.done:
                         return
-                    event = json.loads(data)
-                    if "error" in event:
-                        message = (event["error"] or {}).get("message", "") if isinstance(event["error"], dict) else event["error"]
-                        raise RunnerFailed(f"{self.where} failed mid-stream: {message}")
-                    yield ChatCompletionChunk.model_validate(event)
         except httpx.HTTPError as exc:
             raise self.unreachable(exc) from None
