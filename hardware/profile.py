@@ -69,6 +69,8 @@ class TierPlacement(BaseModel):
     model: str = Field(description="a catalog model name, or the provider's model id for hosted runners")
     price: Price = Field(default_factory=Price, description="used for the ledger's cost_usd")
     restart: RestartPolicy = Field(default_factory=RestartPolicy, description="restart backoff after a failure")
+    optional: bool = Field(default=False, description="if the tier cannot start for lack of configuration (a hosted "
+                                                      "API key not exported), /ready does not wait for it")
 
     @property
     def options(self) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from hardware.fit import Need
 from hardware.profile import Device, TierPlacement
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
-State = Literal["starting", "ready", "failed", "stopped"]
+# not_configured: a setup the operator has not made (a hosted API's key is not exported). It is not retried,
+# and a tier whose placement says `optional: true` in that state does not hold /ready back.
+State = Literal["starting", "ready", "failed", "not_configured", "stopped"]
 
 
 class RunnerStatus(BaseModel):
@@ -29,6 +31,7 @@ class Runner(ABC):
 
     kind: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    may_be_optional: ClassVar[bool] = False  # can it be `not_configured`, so that `optional: true` means something?
 
     def __init__(self, tier: int, placement: TierPlacement, options: Any, device: Device | None = None):
         self.tier = tier
@@ -102,6 +105,9 @@ def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict
     if cls is None:
         known = ", ".join(sorted(RUNNERS))
         raise ConfigError(f"{source}: tiers.{tier}.runner: unknown runner {placement.runner!r}; use one of: {known}")
+    if placement.optional and not cls.may_be_optional:
+        raise ConfigError(f"{source}: tiers.{tier}.optional: a {placement.runner} tier is always configured, so it cannot "
+                          "be optional; remove `optional` (only a hosted tier, whose key may be missing, can be)")
     options = validate_model(placement.options, cls.Options, source=f"{source}: tiers.{tier}")
     device = (devices or {}).get(placement.device) if placement.device else None
     return cls(tier, placement, options, device)

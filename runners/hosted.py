@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hardware.errors import InvalidRequest, RunnerFailed, TierUnavailable
+from hardware.errors import ConfigError, InvalidRequest, RunnerFailed, TierUnavailable
 from runners import anthropic
 from runners.base import Runner, RunnerStatus, register_runner, reject_guided
 from runners.openai_http import OpenAIStream, error_message, request_payload
@@ -31,9 +31,9 @@ from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
 
 log = logging.getLogger("tier_runner.hosted")
 
-DEFAULTS = {  # provider -> (base_url, api_key_env)
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
-    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY"),
+DEFAULTS = {  # provider -> (base_url, api_key_env, base_url_env): the variables the official SDKs read
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
+    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
 }
 RETRYABLE = {408, 409, 429}
 
@@ -44,6 +44,9 @@ class HostedOptions(BaseModel):
         default="openai", description="wire protocol: openai (chat completions) or anthropic (Messages API)")
     base_url: str = Field(default="", pattern=r"^(https?://.*)?$",
                           description="API root; openai: ending in /v1 (default OpenAI's), anthropic: default Anthropic's")
+    base_url_env: str | None = Field(
+        default="", description="environment variable that, when set, replaces base_url (default OPENAI_BASE_URL or "
+                                "ANTHROPIC_BASE_URL); null: base_url only")
     api_key_env: str | None = Field(default="", description="environment variable holding the key; null for none")
     anthropic_version: str = Field(default="2023-06-01", description="anthropic-version header (anthropic only)")
     default_max_tokens: int = Field(default=1024, ge=1, description="max_tokens when the request has none (anthropic)")
@@ -62,10 +65,12 @@ class HostedOptions(BaseModel):
 
     @model_validator(mode="after")
     def _provider_defaults(self) -> HostedOptions:
-        base_url, key_env = DEFAULTS[self.provider]
+        base_url, key_env, base_url_env = DEFAULTS[self.provider]
         self.base_url = self.base_url or base_url
         if self.api_key_env == "":
             self.api_key_env = key_env
+        if self.base_url_env == "":
+            self.base_url_env = base_url_env
         return self
 
 
@@ -126,6 +131,11 @@ class HostedRunner(Runner):
     kind = "hosted"
     Options = HostedOptions
     options: HostedOptions
+    may_be_optional = True  # not configured until its API key is exported
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_url = self.options.base_url  # or, once started, the value of base_url_env when that is set
 
     @property
     def enforces_json_schema(self) -> bool:
@@ -134,24 +144,33 @@ class HostedRunner(Runner):
 
     @property
     def where(self) -> str:
-        return f"tier {self.tier} ({self.model_name} at {urlsplit(self.options.base_url).netloc})"
+        url = urlsplit(self.base_url)  # host and port only: a user:password@ in the URL stays out of messages
+        return f"tier {self.tier} ({self.model_name} at {url.hostname}{f':{url.port}' if url.port else ''})"
 
     async def start(self) -> None:
+        """Read the base URL override and the key from the environment; a missing key is `not_configured`."""
         opts = self.options
         self.wire = WIRES[opts.provider](opts)
         self.breaker = CircuitBreaker(opts.circuit_failure_threshold, opts.circuit_cooldown_s)
         self.retry = RetryPolicy(opts.max_attempts, opts.retry_base_s, opts.retry_max_backoff_s, opts.retry_budget_s)
+        self.base_url, detail = opts.base_url, ""
+        if opts.base_url_env and os.environ.get(opts.base_url_env):
+            self.base_url, detail = os.environ[opts.base_url_env], f"base_url from {opts.base_url_env}"
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"tiers.{self.tier}: the environment variable {opts.base_url_env} replaces base_url "
+                                  "but is not an http(s) URL; fix it, or unset it to use the profile's base_url")
         self._key: str | None = None
         if opts.api_key_env:
             self._key = os.environ.get(opts.api_key_env)
             if not self._key:
-                self._set_state("failed", f"environment variable {opts.api_key_env} is not set; export the API key")
+                self._set_state("not_configured", f"environment variable {opts.api_key_env} is not set: export "
+                                                  f"{opts.api_key_env}=<your key> and restart the gateway")
                 return
         timeout = httpx.Timeout(opts.read_timeout_s, connect=opts.connect_timeout_s)
         limits = httpx.Limits(max_connections=opts.max_connections)
-        self._client = httpx.AsyncClient(base_url=opts.base_url.rstrip("/"), headers=self.wire.headers(self._key),
+        self._client = httpx.AsyncClient(base_url=self.base_url.rstrip("/"), headers=self.wire.headers(self._key),
                                          timeout=timeout, limits=limits)
-        self._set_state("ready")
+        self._set_state("ready", detail)
 
     async def stop(self) -> None:
         if hasattr(self, "_client"):
@@ -171,7 +190,7 @@ class HostedRunner(Runner):
     # -- requests ---------------------------------------------------------------------------------
     def _body(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
         if self._state != "ready":
-            raise TierUnavailable(f"{self.where} is {self._state}: {self._detail}")
+            raise TierUnavailable(f"{self.where} is {self._state.replace('_', ' ')}: {self._detail}")
         reject_guided(request, self.where)  # vLLM's guided_* fields: 400 here, never forwarded to a provider
         return self.wire.body(request, self.model_name, stream)
 

@@ -8,6 +8,8 @@
   `restart.backoff_s` up to `restart.backoff_max_s`, and resets once it has been ready for a minute.
 - `stop()` stops every runner concurrently (each drains, then ends its processes). The server calls it
   on shutdown; uvicorn turns SIGINT and SIGTERM into that shutdown.
+- `ready()` gates `/ready`: every tier is ready, except an `optional` one that is `not_configured`
+  (a hosted API whose key is not exported), which is not retried and holds nothing back.
 """
 
 from __future__ import annotations
@@ -59,8 +61,18 @@ class Supervisor:
                 log.error("tier %s (%s) failed to start, will retry: %s", tier, runner.kind, result)
                 runner._set_state("failed", f"{result.__class__.__name__}: {result}")
             status = runner.status()
-            log.info("tier %s %s: %s on %s %s", tier, status.state, runner.model_name, runner.kind, status.detail)
+            if status.state == "not_configured":
+                log.warning("tier %s (%s on %s) is not configured: %s; %s", tier, runner.model_name, runner.kind,
+                            status.detail, "it is optional: the gateway gets ready without it, and its requests "
+                            "answer 503" if runner.placement.optional else "GET /ready answers 503 until it is")
+            else:
+                log.info("tier %s %s: %s on %s %s", tier, status.state, runner.model_name, runner.kind, status.detail)
         self._watch = asyncio.create_task(self._watch_loop())
+
+    def ready(self) -> bool:
+        """Every tier ready, but for optional ones that are not configured."""
+        return all(r.status().state == "ready" or (r.placement.optional and r.state == "not_configured")
+                   for r in self.runners.values())
 
     async def stop(self) -> None:
         if self._watch is not None:

@@ -20,16 +20,20 @@ class FakeRunner(Runner):
     kind = "fake"
     Options = None
 
-    def __init__(self, tier: int, fail_start: Exception | None = None, **restart):
-        placement = TierPlacement(runner="fake", model=f"m{tier}",
+    def __init__(self, tier: int, fail_start: Exception | None = None, *, optional: bool = False,
+                 unconfigured: bool = False, **restart):
+        placement = TierPlacement(runner="fake", model=f"m{tier}", optional=optional,
                                   restart={"backoff_s": 0.1, "backoff_max_s": 0.4, "check_interval_s": 0.02, **restart})
         super().__init__(tier, placement, None)
-        self.fail_start, self.starts, self.stops = fail_start, [], 0
+        self.fail_start, self.unconfigured, self.starts, self.stops = fail_start, unconfigured, [], 0
 
     async def start(self) -> None:
         self.starts.append(time.monotonic())
         if self.fail_start:
             raise self.fail_start
+        if self.unconfigured:
+            self._set_state("not_configured", "environment variable FAKE_KEY is not set")
+            return
         self._set_state("ready")
 
     async def stop(self) -> None:
@@ -95,3 +99,21 @@ def test_other_start_failures_leave_the_tier_failed_and_retried():
     status = run(go())
     assert status.state == "failed" and "out of memory" in status.detail
     assert len(runner.starts) >= 2
+
+
+@pytest.mark.parametrize(("optional", "ready"), [(True, True), (False, False)])
+def test_a_tier_that_is_not_configured_is_not_retried_and_holds_ready_back_unless_optional(optional, ready):
+    local, hosted = FakeRunner(3), FakeRunner(1, optional=optional, unconfigured=True)
+
+    async def go():
+        supervisor = Supervisor({3: local, 1: hosted})
+        await supervisor.start()
+        await asyncio.sleep(0.3)  # many check intervals and backoffs: a failed tier would have been restarted
+        result = supervisor.ready()
+        hosted._set_state("failed", "crashed")  # optional covers only the lack of configuration
+        failed = supervisor.ready()
+        await supervisor.stop()
+        return result, failed
+
+    assert run(go()) == (ready, False)
+    assert len(hosted.starts) == 1

@@ -189,8 +189,8 @@ class Gateway:
             if runner is None:
                 tiers[str(tier)] = {"state": "not_configured", "detail": f"profile {self.profile_name!r} has no tiers.{tier}"}
             else:
-                tiers[str(tier)] = runner.status().model_dump()
-        ready = all(r.status().state == "ready" for r in self.runners.values())
+                tiers[str(tier)] = {**runner.status().model_dump(), "optional": runner.placement.optional}
+        ready = self.supervisor.ready()
         return ready, {"status": "ready" if ready else "not_ready", "profile": str(self.profile_path), "tiers": tiers}
 
 

@@ -73,8 +73,8 @@ def pick_runner(route: Route, runners: dict[int, Runner], profile_name: str) -> 
         )
     status = own.status()
     detail = f": {status.detail}" if status.detail else ""
-    raise TierUnavailable(f"tier {route.tier} ({status.model}) is {status.state}{detail}; no fallback is allowed "
-                          f"for {route.label}, so it is not served by a cheaper tier")
+    raise TierUnavailable(f"tier {route.tier} ({status.model}) is {status.state.replace('_', ' ')}{detail}; no fallback "
+                          f"is allowed for {route.label}, so it is not served by a cheaper tier")
 
 
 async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequest, runners: dict[int, Runner],
@@ -96,7 +96,11 @@ async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequ
     stronger = runners.get(target)
     why = f"{route.label} failed its gate on tier {runner.tier} ({outcome.verdict.header}) and must escalate to tier {target}"
     if stronger is None or stronger.status().state != "ready":
-        state = "not served by profile " + repr(profile_name) if stronger is None else stronger.status().state
+        if stronger is None:
+            state = f"not served by profile {profile_name!r}"
+        else:
+            status = stronger.status()
+            state = status.state.replace("_", " ") + (f" ({status.detail})" if status.detail else "")
         raise TierUnavailable(f"{why}, which is {state}; the unverified answer is not returned")
     started = time.perf_counter()
     try:
