@@ -35,7 +35,13 @@ $(STAMP):
 
 setup: $(STAMP)
 
-serve-tiers: $(STAMP) $(if $(findstring vllm,$(PROFILE)),vllm-setup)
+# A profile that starts vLLM on a CPU (workstation's Tier 2) gets vLLM's CPU build set up first, once.
+# A profile that does not load sets nothing up: `serve` then stops with the file, the key and the fix.
+STARTS_VLLM_ON_CPU = $(PY) -c 'import sys; from hardware.profile import load_profile, starts_vllm_on_cpu; \
+	sys.exit(not starts_vllm_on_cpu(load_profile(sys.argv[1])[1]))'
+
+serve-tiers: $(STAMP)
+	@if $(STARTS_VLLM_ON_CPU) '$(PROFILE)' 2>/dev/null; then $(MAKE) --no-print-directory vllm-setup; fi
 	$(VENV)/bin/tier-runner serve --profile $(PROFILE) --host $(HOST) --port $(PORT)
 
 test: $(STAMP) $(LITELLM_STAMP)

@@ -67,7 +67,6 @@ common = [
     click.option("--concurrency", type=int, default=2, show_default=True, help="requests in flight at once"),
     click.option("--store", "store_path", type=click.Path(path_type=Path), default=None,
                  help="results database (default: evals.db in the data cache)"),
-    click.option("--profile", default="workstation", show_default=True, help="hardware profile (name or YAML path)"),
     click.option("--routing", type=click.Path(path_type=Path), default=None, help="routing table (default: shipped)"),
     click.option("--report-md", type=click.Path(path_type=Path), default=None, help="write the Markdown report here"),
     click.option("--report-html", type=click.Path(path_type=Path), default=None, help="write the HTML report here"),
@@ -82,6 +81,9 @@ def with_common(fn):
 
 @click.command("eval")
 @with_common
+@click.option("--profile", default="cpu-tier3", show_default=True,
+              help="hardware profile (name or YAML path) whose tier placement each --model gateway uses; a tier it "
+                   "lacks borrows tier 3's")
 @click.option("--url", default=None, help="a running gateway; default: start one per --model")
 @click.option("--via", type=click.Choice(["tier", "feature"]), default="tier", show_default=True,
               help="tier:<suite tier> directly, or feature:<suite feature> through routing, gates and cache")
@@ -128,6 +130,8 @@ def _has_tier(profile: str, n: int) -> bool:
 
 @click.command("promote")
 @with_common
+@click.option("--profile", default="workstation", show_default=True,
+              help="hardware profile (name or YAML path) to promote onto: the one you serve; it is edited in place")
 @click.option("--tier", type=click.IntRange(1, 3), required=True, help="the tier whose model would be replaced")
 @click.option("--candidate", required=True, help="catalog model to promote onto the tier")
 @click.option("--incumbent-url", default=None, help="evaluate the incumbent on this running gateway instead")

@@ -94,6 +94,16 @@ class Profile(BaseModel):
         return self
 
 
+def starts_vllm_on_cpu(profile: Profile) -> bool:
+    """Whether a tier starts vLLM here on a CPU (`runner: vllm` without `url`, on a cpu device): it needs vLLM's
+    CPU build and the converted model, which `make vllm-setup` makes; `make serve-tiers` asks this first."""
+    for placement in profile.tiers.values():
+        device = profile.devices.get(placement.device) if placement.device else None
+        if placement.runner == "vllm" and not placement.options.get("url") and (device is None or device.kind == "cpu"):
+            return True
+    return False
+
+
 def profile_path(name_or_path: str | Path) -> Path:
     """A bare name means a shipped profile in hardware/profiles/."""
     candidate = Path(name_or_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from runners.procs import group_alive
+
 REPO = Path(__file__).resolve().parent.parent
+
+
+# A developer's own provider settings must not reach a server under test: a test that needs one passes it.
+PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL")
 
 
 def free_port() -> int:
@@ -21,53 +28,91 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class ServerProcess:
-    """`python -m tiers serve` as a child process; stopped with SIGTERM like a user's Ctrl-C."""
+class ChildProcess:
+    """A server under test as a child process logging to a file: `wait_ready` polls one URL until it answers
+    200, `stop` is SIGTERM like a user's Ctrl-C (SIGKILL after 30 s).
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, log_path: Path):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+    With `own_group`, the child leads a process group of its own and `stop` ends the whole group, waiting
+    until none of it is left (a `make` and the server it runs, for example). `env` adds to this process's
+    environment, less PROVIDER_ENV; a None value removes a variable.
+    """
+
+    def __init__(self, cmd: list[str], *, port: int, log_path: Path, ready_path: str = "/ready",
+                 ready_headers: dict[str, str] | None = None, env: dict[str, str | None] | None = None,
+                 cwd: Path = REPO, own_group: bool = False):
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        self.data_dir = log_path.parent / f"data-{self.port}"
-        if "--data-dir" not in args:
-            args = ("--data-dir", str(self.data_dir), *args)
-        cmd = [sys.executable, "-m", "tiers", "serve", "--port", str(self.port), *args]
+        self.ready_url, self.ready_headers = f"{self.base_url}{ready_path}", ready_headers or {}
+        self.own_group = own_group
+        environment = {k: v for k, v in {**os.environ, **(env or {})}.items()
+                       if v is not None and (k not in PROVIDER_ENV or k in (env or {}))}
         self.log = log_path.open("w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, env=environment,
+                                     start_new_session=own_group)
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-5000:]}")
             try:
-                if httpx.get(f"{self.base_url}/ready", timeout=2).status_code == 200:
+                if httpx.get(self.ready_url, headers=self.ready_headers, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_path.read_text()[-5000:]}")
 
     def stop(self) -> int:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(signal.SIGKILL)
                 self.proc.wait()
+        if self.own_group:
+            deadline = time.monotonic() + 30
+            while group_alive(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if group_alive(self.proc.pid):
+                self._signal(signal.SIGKILL)
         self.log.close()
         return self.proc.returncode
 
+    def _signal(self, sig: int) -> None:
+        try:
+            if self.own_group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
+
+
+class ServerProcess(ChildProcess):
+    """`python -m tiers serve` on a free port, with its own data dir and, unless given, the cpu-tier3 profile."""
+
+    def __init__(self, *args: str, env: dict[str, str | None] | None = None, log_path: Path):
+        port = free_port()
+        self.data_dir = log_path.parent / f"data-{port}"
+        if "--data-dir" not in args:
+            args = ("--data-dir", str(self.data_dir), *args)
+        if "--profile" not in args:
+            args = ("--profile", "cpu-tier3", *args)
+        super().__init__([sys.executable, "-m", "tiers", "serve", "--port", str(port), *args], port=port,
+                         log_path=log_path, env=env)
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> ServerProcess:
-    """The default configuration: workstation profile, shipped routing table, small body limit."""
+    """The default configuration: cpu-tier3 profile (Tier 3 only), shipped routing table, small body limit."""
     proc = ServerProcess("--max-body-bytes", "65536", log_path=tmp_path_factory.mktemp("server") / "server.log")
     try:
         proc.wait_ready()

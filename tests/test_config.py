@@ -10,7 +10,7 @@ import pytest
 
 from hardware.catalog import Catalog, load_catalog, resolve_model_file
 from hardware.errors import ConfigError
-from hardware.profile import load_profile
+from hardware.profile import PROFILES_DIR, load_profile, starts_vllm_on_cpu
 from runners.base import build_runner
 from tiers.routing import load_routing
 
@@ -28,8 +28,18 @@ def test_shipped_files_load():
     assert table.features["contract-review"].tier == 1
     path, profile = load_profile("workstation")
     assert path.name == "workstation.yaml"
-    assert profile.tiers[3].runner == "llamacpp"
+    assert {t: p.runner for t, p in profile.tiers.items()} == {3: "llamacpp", 2: "vllm", 1: "hosted"}
+    assert profile.tiers[1].optional and not profile.tiers[3].optional
+    assert starts_vllm_on_cpu(profile)
     assert resolve_model_file(profile.tiers[3].model, load_catalog()).stat().st_size == 98362432
+    _, quick = load_profile("cpu-tier3")
+    assert list(quick.tiers) == [3] and quick.tiers[3] == profile.tiers[3] and not starts_vllm_on_cpu(quick)
+    _, gpu = load_profile("gpu-node")
+    assert not gpu.tiers[1].optional and not starts_vllm_on_cpu(gpu)  # its vLLM is the CUDA build, on gpu0
+    for shipped in PROFILES_DIR.glob("*.yaml"):
+        source, each = load_profile(shipped)
+        for tier, placement in each.tiers.items():
+            build_runner(tier, placement, str(source), each.devices)  # every runner's options are valid
 
 
 @pytest.mark.parametrize(
@@ -70,6 +80,20 @@ def test_runner_options_are_validated_by_the_runner(tmp_path):
     with pytest.raises(ConfigError) as err:
         build_runner(3, profile.tiers[3], str(source))
     assert f"{path}: tiers.3: n_ctxx: unknown key" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("tier", "expected"),
+    [
+        ("{runner: hosted, model: m, optional: perhaps}", "tiers.1.optional: Input should be a valid boolean"),
+        ("{runner: llamacpp, model: m, optional: true}", "tiers.1.optional: a llamacpp tier is always configured"),
+    ],
+)
+def test_optional_is_a_boolean_and_only_for_tiers_that_may_lack_configuration(tmp_path, tier, expected):
+    path = write(tmp_path, "p.yaml", f"tiers:\n  1: {tier}\n")
+    with pytest.raises(ConfigError, match=expected):
+        source, profile = load_profile(path)
+        build_runner(1, profile.tiers[1], str(source))
 
 
 def test_unknown_runner_lists_the_known_ones(tmp_path):

@@ -63,7 +63,7 @@ def test_prompt_longer_than_context_is_context_length_exceeded(server):
 
 def test_unserved_tier_names_the_tier_and_the_profile_key(server):
     error = post(server, {**GOOD, "model": "feature:contract-review"}).json()["error"]
-    assert "tier 1 is not served by profile 'workstation'" in error["message"]
+    assert "tier 1 is not served by profile 'cpu-tier3'" in error["message"]
     assert "tiers.1" in error["message"]
 
 

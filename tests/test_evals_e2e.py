@@ -90,6 +90,7 @@ def test_promotion_passes_for_the_stronger_model_and_writes_the_profile(promotio
     assert real.returncode == 0, real.stdout + real.stderr[-3000:]
     assert [s["ran"] for s in summaries(real.stderr)] == [0, 0]  # the dry run's answers are reused
     assert load_profile(profile)[1].tiers[3].model == QWEN
+    assert load_profile(profile)[1].tiers[2] == load_profile("workstation")[1].tiers[2]  # only tier 3 was edited
     assert f"model: {SMOL}" in profile.with_name(profile.name + ".bak").read_text()
     assert "restart" in real.stderr
     decisions = ResultStore(store).decisions()

@@ -1,16 +1,20 @@
-"""Tier 2 on the real vLLM server (CPU build) behind the gateway: answers, streaming, crash and restart.
+"""Tier 2 on the real vLLM server (CPU build) behind the gateway: answers, streaming, crash and restart;
+then the whole shipped workstation profile, all three tiers, from one `make serve-tiers`.
 
 Needs `.venv-vllm` and the converted SmolLM2 folder, which `make test` sets up (`make vllm-setup`).
 `make test SKIP_VLLM=1` (TIER_RUNNER_SKIP_VLLM=1) skips this module knowingly; otherwise a missing
 setup fails here, it is never skipped silently. One gateway (and one vLLM, ~30 s to start) serves
-the whole module.
+the module's Tier 2 tests; the workstation tests at the end start their own.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hardware.catalog import load_catalog
-from tests.conftest import REPO, ServerProcess
+from hardware.catalog import load_catalog, resolve_model_file
+from runners.procs import group_alive
+from tests.conftest import REPO, ChildProcess, ServerProcess, free_port
 
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 MODEL = "smollm2-135m-instruct-bf16"
@@ -228,3 +233,68 @@ def test_a_killed_gateway_takes_vllm_with_it(tmp_path):
         assert not vllm_processes(pgid=pid)
     finally:
         proc.stop()
+
+
+# -- the shipped workstation profile: tier 3 on llama.cpp, tier 2 on vLLM, tier 1 hosted -----------------------
+PLANTED_KEY = "sk-planted-workstation-secret-6620"
+
+
+def upstream_openai_server(root: Path) -> ChildProcess:
+    """Tier 1's upstream: llama-cpp-python's own OpenAI server (a third-party implementation of the protocol)
+    on the SmolLM2 GGUF, answering only requests that carry PLANTED_KEY."""
+    port = free_port()
+    model = resolve_model_file("smollm2-135m-instruct-q4_1", load_catalog())
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "gpt-4o-mini",
+           "--api_key", PLANTED_KEY, "--n_threads", "1", "--n_ctx", "1024", "--host", "127.0.0.1",
+           "--port", str(port), "--verbose", "False"]
+    return ChildProcess(cmd, port=port, log_path=root / "upstream.log", ready_path="/v1/models",
+                        ready_headers={"authorization": f"Bearer {PLANTED_KEY}"})
+
+
+def test_the_workstation_profile_fits_this_machine():
+    result = subprocess.run([sys.executable, "-m", "tiers", "hardware", "--profile", "workstation"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tier 2: vllm smollm2-135m-instruct-bf16 on cpu" in result.stdout
+    assert "tier 1: hosted gpt-4o-mini on remote" in result.stdout and ": ok" in result.stdout
+
+
+def test_make_serve_tiers_serves_all_three_tiers_of_the_workstation(tmp_path):
+    upstream = upstream_openai_server(tmp_path)
+    port = free_port()
+    env = {"OPENAI_BASE_URL": f"{upstream.base_url}/v1", "OPENAI_API_KEY": PLANTED_KEY,
+           "TIER_RUNNER_DATA_DIR": str(tmp_path / "data"),
+           "MAKEFLAGS": None, "MAKELEVEL": None, "MFLAGS": None}  # not a sub-make of `make test-vllm`
+    gateway = ChildProcess(["make", "--no-print-directory", "serve-tiers", "PROFILE=workstation", f"PORT={port}"],
+                           port=port, log_path=tmp_path / "serve-tiers.log", env=env, own_group=True)
+    vllm_pid = None
+    try:
+        upstream.wait_ready(timeout=60)
+        started = time.monotonic()
+        gateway.wait_ready(timeout=300)
+        print(f"make serve-tiers PROFILE=workstation: /ready 200 after {time.monotonic() - started:.1f} s")
+        ready = httpx.get(f"{gateway.base_url}/ready", timeout=5).json()
+        tiers = ready["tiers"]
+        assert ready["status"] == "ready" and ready["profile"].endswith("hardware/profiles/workstation.yaml")
+        assert {t: (s["state"], s["runner"]) for t, s in tiers.items()} == \
+            {"1": ("ready", "hosted"), "2": ("ready", "vllm"), "3": ("ready", "llamacpp")}
+        assert tiers["1"]["detail"] == "base_url from OPENAI_BASE_URL"
+        vllm_pid = int(re.search(r"vLLM pid (\d+)", tiers["2"]["detail"]).group(1))
+        ids = [m["id"] for m in httpx.get(f"{gateway.base_url}/v1/models", timeout=5).json()["data"]]
+        assert {"tier:1", "tier:2", "tier:3"} <= set(ids)
+
+        for tier in ("3", "2", "1"):
+            response = httpx.post(f"{gateway.base_url}/v1/chat/completions", timeout=120, json={
+                "model": f"tier:{tier}", "messages": QUESTION, "temperature": 0, "max_tokens": 16})
+            assert response.status_code == 200, (tier, response.text)
+            assert (response.headers["x-tier"], response.headers["x-model"]) == (tier, tiers[tier]["model"])
+            assert response.json()["choices"][0]["message"]["content"].strip()
+            assert response.json()["usage"]["completion_tokens"] > 0
+    finally:
+        gateway.stop()
+        upstream.stop()
+    assert not group_alive(gateway.proc.pid), "make or the gateway outlived the stop"
+    assert vllm_pid is not None and not vllm_processes(pgid=vllm_pid), "vLLM outlived the gateway"
+    log = gateway.output()
+    assert "tier-runner serve --profile workstation" in log and f"vLLM pid {vllm_pid} stopped" in log
+    assert PLANTED_KEY not in log
