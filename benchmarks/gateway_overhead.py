@@ -95,6 +95,7 @@ async def measure(paths: dict[str, tuple[str, str]], rate: float, n: int, rounds
         for _ in range(rounds):
             for name, (url, model) in paths.items():
                 results[name] += await paced(client, url, model, rate, n)
+                await asyncio.sleep(2)  # let a proxy's after-response work (logging, spend) end before the next path
     return results
 
 
@@ -182,7 +183,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--skip-tier3", action="store_true")
-    parser.add_argument("--profile", default="workstation", help="profile whose Tier 3 part 2 measures")
+    parser.add_argument("--profile", default="cpu-tier3", help="profile whose Tier 3 part 2 measures")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gateway-overhead-"))
 

@@ -1,6 +1,6 @@
 """Tier 2 on vLLM (CPU build) through the unified endpoint: start time, then tok/s at 1 and N streams.
 
-Starts `tier-runner serve --profile workstation-vllm` as a subprocess (the same helper the tests use),
+Starts `tier-runner serve --profile workstation` as a subprocess (the same helper the tests use),
 measures the seconds from launch until GET /ready shows tier 2 ready, then sends greedy requests to
 `tier:2`. tok/s = completion tokens / wall time of the requests (prefill included).
 Usage: python benchmarks/tier2_vllm.py [--runs 5] [--max-tokens 128] [--streams 4]
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     log = Path(tempfile.mkdtemp()) / "gateway.log"
     started = time.monotonic()
-    server = ServerProcess("--profile", "workstation-vllm", log_path=log)
+    server = ServerProcess("--profile", "workstation", log_path=log)
     try:
         server.wait_ready(timeout=600)
         ready_s = time.monotonic() - started

@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
-    _, profile = load_profile("workstation")
+    _, profile = load_profile("cpu-tier3")
     placement = profile.tiers[3]
     threads = len(os.sched_getaffinity(0)) if placement.options.get("threads", "auto") == "auto" else placement.options["threads"]
     n_ctx = placement.options.get("n_ctx", 2048)

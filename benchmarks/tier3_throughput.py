@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--llama-server", type=Path, help="native llama.cpp llama-server binary (optional)")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
-    parser.add_argument("--profile", default="workstation", help="profile for our endpoint (name or YAML path)")
+    parser.add_argument("--profile", default="cpu-tier3", help="profile for our endpoint (name or YAML path)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 

@@ -31,17 +31,6 @@ from runners.procs import alive, die_with_parent, end_group, free_port
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 log = logging.getLogger("tier_runner.vllm")
-
-
-class _QuietHealthProbes(logging.Filter):
-    """httpx logs every request at INFO; the health probe every few seconds would drown the request log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (len(args) >= 2 and args[0] == "GET" and str(args[1]).endswith("/health"))
-
-
-logging.getLogger("httpx").addFilter(_QuietHealthProbes())
 TAIL_LINES = 40
 
 
