@@ -87,7 +87,9 @@ async def level(base_url: str, model: str, clients: int, max_tokens: int) -> dic
         for i in counter:
             results.append(await one_request(client, url, model, PROMPTS[i % len(PROMPTS)], max_tokens))
 
-    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    # A new connection per request, for every server: native llama-server (b0.5.0 in llama-cpp-python 0.3.36's
+    # sdist) drops a kept-alive connection that httpx reuses ("Server disconnected without sending a response").
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         for prompt in PROMPTS[:2]:  # warm-up: caches, first graphs, connections
             await one_request(client, url, model, prompt, max_tokens)

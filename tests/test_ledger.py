@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from hardware.errors import InvalidRequest, NotFound
+from tiers.budgets import SpendMeter
 from tiers.ledger import schema
 from tiers.ledger.rows import LedgerRow, new_attempt_id, rows_for_attempts
 from tiers.ledger.stats import Rate, effective_cost, wilson_interval
@@ -134,3 +135,20 @@ def test_effective_cost_per_success_counts_failures():
     # and each failure's own cost (human review, rework) is added before dividing
     assert effective_cost(spend=1.00, failures=30, successes=70, failure_cost_usd=5) == pytest.approx(151 / 70)
     assert effective_cost(1.0, 5, 0, 10) is None
+
+
+def test_spend_is_refreshed_in_the_background_while_the_last_figure_answers(ledger_url, tmp_path):
+    ledger = Ledger(ledger_url, tmp_path / "spool")
+    ledger.start()
+    ledger.record([row(cost_usd=0.5)])
+    assert ledger.flush()
+    meter = SpendMeter(ledger, refresh_s=0)
+    assert meter.spent("feature", "f", "day") == pytest.approx(0.5)  # the period's first check reads inline
+    ledger.record([row("req_2", cost_usd=0.25)])  # spent elsewhere (another replica): not added to this meter
+    assert ledger.flush()
+    assert meter.spent("feature", "f", "day") == pytest.approx(0.5)  # stale: answers at once, refresh starts
+    deadline = time.monotonic() + 10
+    while meter.spent("feature", "f", "day") != pytest.approx(0.75):
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        time.sleep(0.05)
+    ledger.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
@@ -41,9 +42,11 @@ def period_end(period: str, now: float | None = None) -> float:
 class SpendMeter:
     """Spend by a ledger column (feature, client_key_id) in the current period.
 
-    Read from the database once per period and every `refresh_s` (other replicas spend too); rows
-    recorded here are added at once. Rows still in the spool at a refresh (under the flush interval)
-    are counted at the next one.
+    Read from the database once per period, then refreshed every `refresh_s` (other replicas spend
+    too) by a background thread while the last figure keeps answering, so a request never waits on a
+    remote database for it; only the first check of a period reads inline. Rows recorded here are
+    added at once. Rows still in the spool at a refresh (under the flush interval) are counted at the
+    next one.
     """
 
     COLUMNS = ("feature", "client_key_id")
@@ -52,20 +55,37 @@ class SpendMeter:
         self.ledger = ledger
         self.refresh_s = refresh_s
         self._spend: dict[tuple[str, str, str], tuple[float, float, float]] = {}  # -> (start, usd, read at)
+        self._refreshing: set[tuple[str, str, str]] = set()
+        self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-refresh")
 
     def spent(self, column: str, value: str, period: str) -> float:
         assert column in self.COLUMNS
         start = period_start(period)
         key = (column, value, period)
         cached = self._spend.get(key)
-        if cached and cached[0] == start and time.monotonic() - cached[2] < self.refresh_s:
-            return cached[1]
+        if not cached or cached[0] != start:
+            return self._read(key, start)
+        if time.monotonic() - cached[2] >= self.refresh_s and key not in self._refreshing:
+            self._refreshing.add(key)
+            self._refresher.submit(self._refresh, key, start)
+        return cached[1]
+
+    def _refresh(self, key: tuple[str, str, str], start: float) -> None:
+        try:
+            self._read(key, start)
+        except Exception as exc:  # a database outage: keep the last figure, try again at the next check
+            log.warning("spend refresh for %s=%s failed: %s", key[0], key[1], exc.__class__.__name__)
+        finally:
+            self._refreshing.discard(key)
+
+    def _read(self, key: tuple[str, str, str], start: float) -> float:
+        column, value, _ = key
         c = schema.attempts.c
         with self.ledger.engine.connect() as conn:
-            usd = conn.execute(select(func.coalesce(func.sum(c.cost_usd), 0.0))
-                               .where(getattr(c, column) == value, c.ts >= start)).scalar()
-        self._spend[key] = (start, float(usd), time.monotonic())
-        return float(usd)
+            usd = float(conn.execute(select(func.coalesce(func.sum(c.cost_usd), 0.0))
+                                     .where(getattr(c, column) == value, c.ts >= start)).scalar())
+        self._spend[key] = (start, usd, time.monotonic())
+        return usd
 
     def add(self, rows: list[LedgerRow]) -> None:
         for (column, value, period), (start, usd, read_at) in list(self._spend.items()):
