@@ -21,7 +21,6 @@ import asyncio
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,20 +31,16 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import ServerProcess, free_port  # noqa: E402  (the same subprocess helper the tests use)
-from harness import pct, stop, wait_http  # noqa: E402
-from litellm_proxy import LITELLM  # noqa: E402
+from harness import pct  # noqa: E402
+
+from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the tests' subprocess helper)
+from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy  # noqa: E402
 
 from tiers.auth import hash_key  # noqa: E402
 
 CLIENT_KEY = "sk-overhead-bench-client-key-0001"  # both proxies check a client key, as they would in production
 BODY = {"messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 1, "temperature": 0}
-
-
-def start(cmd: list[str], log: Path, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=cwd, env={**os.environ, **(env or {})})
 
 
 @dataclass
@@ -103,25 +98,6 @@ def p50_p99(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} | {pct(values, 0.99):.2f}" if values else "- | -"
 
 
-def litellm_proxy(upstream_v1: str, root: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    config = root / "litellm.yaml"
-    # hosted_vllm/ makes LiteLLM call /v1/chat/completions upstream (openai/ may pick the Responses API).
-    config.write_text(f"""
-model_list:
-  - model_name: stub
-    litellm_params: {{model: "hosted_vllm/stub", api_base: "{upstream_v1}", api_key: "none"}}
-general_settings: {{master_key: "{CLIENT_KEY}"}}
-litellm_settings: {{drop_params: true, num_retries: 0}}
-""")
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_TELEMETRY": "False", "LITELLM_LOG": "ERROR",
-           "NO_DOCS": "True"}
-    log = root / "litellm.log"
-    proc = start([str(LITELLM), "--config", str(config), "--host", "127.0.0.1", "--port", str(port)], log, env, root)
-    wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, log)
-    return proc, f"http://127.0.0.1:{port}"
-
-
 def keys_file(root: Path) -> Path:
     keys = root / "keys.yaml"
     keys.write_text(f"admin_sha256: {hash_key('sk-overhead-admin')}\n"
@@ -130,15 +106,14 @@ def keys_file(root: Path) -> Path:
 
 
 def proxy_overhead(args, root: Path) -> dict[str, list[Sample]]:
-    procs: list[subprocess.Popen] = []
-    ours: ServerProcess | None = None
+    servers: list[ChildProcess] = []
     try:
         stub_port = free_port()
-        stub_log = root / "stub.log"
-        procs.append(start([sys.executable, str(ROOT / "benchmarks" / "openai_stub.py"), "--port", str(stub_port)],
-                           stub_log))
-        upstream = f"http://127.0.0.1:{stub_port}/v1"
-        wait_http(f"{upstream}/models", procs[-1], stub_log)
+        stub = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "openai_stub.py"), "--port", str(stub_port)],
+                            port=stub_port, log_path=root / "stub.log", ready_path="/v1/models")
+        servers.append(stub)
+        stub.wait_ready()
+        upstream = f"{stub.base_url}/v1"
         paths = {"direct": (f"{upstream}/chat/completions", "stub")}
 
         profile = root / "overhead.yaml"
@@ -149,21 +124,21 @@ tiers:
   1: {{runner: hosted, model: stub, base_url: "{upstream}", api_key_env: null}}
 """)
         ours = ServerProcess("--profile", str(profile), "--keys", str(keys_file(root)), log_path=root / "ours.log")
+        servers.append(ours)
         ours.wait_ready()
         paths["ours"] = (f"{ours.base_url}/v1/chat/completions", "tier:1")
 
         if not args.skip_litellm:
             if not LITELLM.exists():
                 sys.exit(f"{LITELLM} is missing: run `make litellm-setup`, or pass --skip-litellm")
-            proc, url = litellm_proxy(upstream, root)
-            procs.append(proc)
-            paths["litellm"] = (f"{url}/v1/chat/completions", "stub")
+            litellm = LiteLLMProxy(upstream, CLIENT_KEY, root)
+            servers.append(litellm)
+            litellm.wait_ready()
+            paths["litellm"] = (f"{litellm.base_url}/v1/chat/completions", MODEL)
         return asyncio.run(measure(paths, args.rate, args.requests, args.rounds))
     finally:
-        if ours is not None:
-            ours.stop()
-        for proc in procs:
-            stop(proc)
+        for server in servers:
+            server.stop()
 
 
 def tier3_overhead(args, root: Path) -> list[Sample]:

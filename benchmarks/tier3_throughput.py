@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -27,8 +26,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import ServerProcess, free_port  # noqa: E402  (the same subprocess helper the tests use)
-from harness import pct, stop, wait_http  # noqa: E402
+from conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the same subprocess helpers the tests use)
+from harness import pct  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402
@@ -124,13 +123,12 @@ def bench_ours(levels, max_tokens, log_dir, profile: str) -> list[dict]:
 
 
 def bench_external(cmd: list[str], port: int, levels, max_tokens, log: Path, name: str, ready_path: str) -> list[dict]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_http(f"http://127.0.0.1:{port}{ready_path}", proc, log)
-            return run_levels(f"http://127.0.0.1:{port}", "smollm2", levels, max_tokens, name)
-        finally:
-            stop(proc)
+    server = ChildProcess(cmd, port=port, log_path=log, ready_path=ready_path)
+    try:
+        server.wait_ready()
+        return run_levels(server.base_url, "smollm2", levels, max_tokens, name)
+    finally:
+        server.stop()
 
 
 def main() -> None:
