@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from hardware.errors import InvalidRequest, RunnerFailed
+from runners.errors import InvalidRequest, RunnerFailed
 from runners.protocol import (
     AssistantMessage,
     ChatCompletion,

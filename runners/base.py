@@ -9,7 +9,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel
 
 from hardware.config import validate_model
-from hardware.errors import ConfigError, InvalidRequest
+from hardware.errors import ConfigError
+from runners.errors import InvalidRequest
 from hardware.fit import Need
 from hardware.profile import Device, TierPlacement
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hardware.errors import ConfigError, InvalidRequest, RunnerFailed, TierUnavailable
+from hardware.errors import ConfigError
+from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners import anthropic
 from runners.base import Runner, RunnerStatus, register_runner, reject_guided
 from runners.openai_http import OpenAIStream, error_message, request_payload

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.errors import ConfigError, InvalidRequest, RunnerFailed
+from hardware.errors import ConfigError
+from runners.errors import InvalidRequest, Overloaded, RunnerFailed
 
 _log = logging.getLogger("tier_runner.engine")
 
@@ -444,11 +445,7 @@ class LlamaEngine:
         return TokenInfo(raw.decode("utf-8", "replace"), raw, float(log_probs[token]), top)
 
 
-class QueueFull(RunnerFailed):
-    status_code = 503
-    error_type = "service_unavailable"
-    code = "queue_full"
-
+class QueueFull(Overloaded):
     def __init__(self, limit: int):
         super().__init__(f"Tier 3 has {limit} requests waiting already; retry shortly or raise max_queue in the profile")
 

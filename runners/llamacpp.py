@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.catalog import load_catalog, resolve_model_file
-from hardware.errors import ConfigError, ContextLengthExceeded, InvalidRequest, TierUnavailable
+from hardware.errors import ConfigError
+from runners.errors import ContextLengthExceeded, InvalidRequest, TierUnavailable
 from hardware.fit import LLAMA_OVERHEAD, Need, gguf_shape, kv_bytes_per_token
 from hardware.profile import Device
 from runners.base import Runner, register_runner, reject_guided

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from hardware.errors import InvalidRequest, RunnerFailed, TierUnavailable
+from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
 
 

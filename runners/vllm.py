@@ -22,7 +22,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.detect import GiB
-from hardware.errors import ConfigError, InvalidRequest, TierUnavailable
+from hardware.errors import ConfigError
+from runners.errors import InvalidRequest, TierUnavailable
 from hardware.fit import VLLM_HOST_OVERHEAD, Need, hf_shape, kv_bytes_per_token
 from hardware.profile import Device
 from runners.base import Runner, register_runner

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hardware.errors import InvalidRequest, RunnerFailed
+from runners.errors import InvalidRequest, RunnerFailed
 from runners.anthropic import JSON_INSTRUCTION, StreamTranslator, from_anthropic, to_anthropic
 from runners.protocol import ChatCompletionRequest
 from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s

@@ -9,7 +9,8 @@ import asyncio
 
 import pytest
 
-from hardware.errors import ConfigError, TierUnavailable
+from hardware.errors import ConfigError
+from runners.errors import TierUnavailable
 from hardware.profile import TierPlacement
 from runners.base import build_runner
 from runners.protocol import ChatCompletionRequest

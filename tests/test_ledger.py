@@ -10,7 +10,8 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from hardware.errors import InvalidRequest, NotFound
+from runners.errors import InvalidRequest
+from tiers.errors import NotFound
 from tiers.budgets import SpendMeter
 from tiers.ledger import schema
 from tiers.ledger.rows import LedgerRow, new_attempt_id, rows_for_attempts

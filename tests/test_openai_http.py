@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardware.errors import RunnerFailed
+from runners.errors import RunnerFailed
 from runners.openai_http import OpenAIStream, error_message, request_payload
 from runners.protocol import ChatCompletionRequest
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from hardware.errors import InvalidRequest, NotFound
+from runners.errors import InvalidRequest
+from tiers.errors import NotFound
 from tiers.routing import RoutingTable, resolve_route
 
 TABLE = {

@@ -18,7 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hardware.config import load_yaml_model
-from hardware.errors import ConfigError, Forbidden, RateLimited, Unauthorized
+from hardware.errors import ConfigError
+from tiers.errors import Forbidden, RateLimited, Unauthorized
 from tiers.budgets import SpendMeter, period_end
 from tiers.routing import Route
 

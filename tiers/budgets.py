@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy import func, select
 
-from hardware.errors import BudgetExceeded
+from tiers.errors import BudgetExceeded
 from tiers.ledger import schema
 from tiers.ledger.rows import LedgerRow
 from tiers.ledger.store import Ledger

@@ -12,7 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from hardware.errors import InvalidRequest, TierRunnerError
+from hardware.errors import TierRunnerError
+from runners.errors import InvalidRequest
 from runners.protocol import (
     AssistantMessage,
     ChatCompletion,

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hardware.errors import ConfigError, InvalidRequest, TierUnavailable
+from hardware.errors import ConfigError
+from runners.errors import InvalidRequest, TierUnavailable
 from hardware.profile import Price, load_profile
 from runners.base import Runner, build_runner
 from runners.supervisor import Supervisor

@@ -13,7 +13,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from hardware.errors import TierUnavailable
+from runners.errors import TierUnavailable
 from runners.base import Runner
 from runners.protocol import ChatCompletion, ChatCompletionRequest, ResponseFormat, Usage
 from tiers.gates import Gate, Verdict, run_gates

@@ -10,7 +10,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from hardware.config import load_yaml_model
-from hardware.errors import InvalidRequest, NotFound
+from runners.errors import InvalidRequest
+from tiers.errors import NotFound
 from hardware.profile import TierNumber
 from tiers.cache.semantic import CachePolicy
 from tiers.gates import Gate, GateSpec

@@ -12,7 +12,9 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hardware.errors import InvalidRequest, NotFound, TierRunnerError
+from hardware.errors import TierRunnerError
+from runners.errors import InvalidRequest
+from tiers.errors import NotFound
 from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelList
 from tiers.audit import run_audit
 from tiers.auth import Access, ClientKey

@@ -20,7 +20,8 @@ from sqlalchemy import Engine, create_engine, event, exists, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from hardware.errors import InvalidRequest, NotFound
+from runners.errors import InvalidRequest
+from tiers.errors import NotFound
 from tiers.ledger import schema
 from tiers.ledger.migrations import migrate
 from tiers.ledger.rows import LedgerRow

@@ -1,4 +1,7 @@
-"""`tier-runner hardware`: this machine, and where the active profile puts each tier (with the fit check)."""
+"""`tier-runner hardware`: this machine, and where the active profile puts each tier (with the fit check).
+
+It lives in runners/ because it needs both floors: the machine and profile (hardware/) and each runner's
+own memory estimate (`Runner.memory_need`)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ def hardware(profile: str) -> None:
     from hardware.errors import ConfigError
     from hardware.fit import check_devices, check_fit
     from hardware.profile import load_profile
-    from runners.base import build_runner  # noqa: F401  (runners state their own memory needs)
+    from runners.base import build_runner
 
     machine = detect()
     click.echo(f"cpu: {machine.cpu_model}, {machine.cores} cores usable, flags: {' '.join(machine.cpu_flags) or 'none'}")
