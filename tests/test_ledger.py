@@ -23,6 +23,7 @@ EXPECTED_COLUMNS = {
     "serving_tier", "runner", "model", "client_key_id", "prompt_tokens", "completion_tokens", "ttft_ms",
     "latency_ms", "cost_usd", "cache_hit", "cache_similarity", "gate", "gate_passed", "gate_reason", "escalated",
     "downgraded", "error_type", "http_status", "prompt_text", "completion_text", "text_expires_at",
+    "api", "tool_calls", "gate_spec", "feature_spec",
 }
 
 
@@ -38,12 +39,12 @@ def count(ledger: Ledger) -> int:
 
 def test_migrating_a_blank_database_creates_every_column(ledger_url, tmp_path):
     ledger = Ledger(ledger_url, tmp_path / "spool")
-    assert ledger.migrate() == [1]
+    assert ledger.migrate() == [1, 2]
     assert ledger.migrate() == []  # applied migrations are recorded, never rerun
     inspector = sa.inspect(ledger.engine)
     assert {c["name"] for c in inspector.get_columns("attempts")} == EXPECTED_COLUMNS
     assert {c["name"] for c in inspector.get_columns("feedback")} == {"id", "request_id", "outcome", "note", "ts"}
-    ledger.engine.dispose()
+    ledger.close()
 
 
 def test_rows_reach_the_database_and_replays_are_idempotent(ledger_url, tmp_path):
@@ -138,18 +139,31 @@ def test_effective_cost_per_success_counts_failures():
     assert effective_cost(1.0, 5, 0, 10) is None
 
 
-def test_spend_is_refreshed_in_the_background_while_the_last_figure_answers(ledger_url, tmp_path):
+def test_spend_is_read_and_refreshed_in_the_background_while_the_last_figure_answers(ledger_url, tmp_path):
     ledger = Ledger(ledger_url, tmp_path / "spool")
     ledger.start()
     ledger.record([row(cost_usd=0.5)])
     assert ledger.flush()
     meter = SpendMeter(ledger, refresh_s=0)
-    assert meter.spent("feature", "f", "day") == pytest.approx(0.5)  # the period's first check reads inline
-    ledger.record([row("req_2", cost_usd=0.25)])  # spent elsewhere (another replica): not added to this meter
+
+    def eventually(usd: float) -> None:
+        deadline = time.monotonic() + 10
+        while meter.spent("feature", "f", "day") != pytest.approx(usd):
+            assert time.monotonic() < deadline, "the background read never landed"
+            time.sleep(0.05)
+
+    eventually(0.5)  # the period's first check answers from what this process booked (nothing) and reads
+    ledger.record([row("req_2", cost_usd=0.25)])  # spent elsewhere (another replica): not booked in this meter
     assert ledger.flush()
-    assert meter.spent("feature", "f", "day") == pytest.approx(0.5)  # stale: answers at once, refresh starts
-    deadline = time.monotonic() + 10
-    while meter.spent("feature", "f", "day") != pytest.approx(0.75):
-        assert time.monotonic() < deadline, "the background refresh never landed"
-        time.sleep(0.05)
+    eventually(0.75)
     ledger.close()
+
+
+def test_spec_hash_is_short_canonical_and_changes_with_any_argument():
+    from tiers.ledger.rows import spec_hash
+
+    gate = {"name": "json_schema", "args": {"schema": {"type": "object", "required": ["a"]}}}
+    same = {"args": {"schema": {"required": ["a"], "type": "object"}}, "name": "json_schema"}
+    assert spec_hash(gate) == spec_hash(same) and len(spec_hash(gate)) == 12
+    assert int(spec_hash(gate), 16) >= 0
+    assert spec_hash(gate) != spec_hash({"name": "json_schema", "args": {"schema": {"type": "object"}}})

@@ -1,14 +1,25 @@
-"""Spend per period, from the ledger, kept current in memory: feature budgets and client-key spend caps."""
+"""Spend per period, from the ledger, kept current in memory: feature budgets and client-key spend caps.
+
+Admission is a reservation: `SpendMeter.admit` checks every limit of a request and reserves the request's
+estimated cost against all of them in one step under one lock, so concurrent requests cannot all pass the
+same check before any of them is charged. `settle` releases the reservation and books the rows' real cost
+when the request's rows are recorded. A limit is reached when spend plus what is reserved is at or over it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from hardware.errors import TierRunnerError
 from tiers.errors import BudgetExceeded
 from tiers.ledger import schema
 from tiers.ledger.rows import LedgerRow
@@ -16,6 +27,8 @@ from tiers.ledger.store import Ledger
 from tiers.routing import Budget, Route
 
 log = logging.getLogger("tier_runner.budgets")
+
+Key = tuple[str, str, str]  # (ledger column, value, period)
 
 
 def period_start(period: str, now: float | None = None) -> float:
@@ -39,14 +52,41 @@ def period_end(period: str, now: float | None = None) -> float:
             else start.replace(month=start.month + 1)).timestamp()
 
 
+@dataclass(frozen=True)
+class Limit:
+    """Spend of one ledger column value per period, and what happens at it: `refuse(spent)` builds the error
+    for a blocking limit; a limit without one is only reported."""
+
+    column: str
+    value: str
+    period: str
+    usd: float
+    refuse: Callable[[float], TierRunnerError] | None = None
+
+
+@dataclass
+class _Figure:
+    start: float  # the period it belongs to
+    usd: float = 0.0  # a lower bound of the period's spend: the larger of the last read and what was booked here
+    read_at: float | None = None  # monotonic time of the last database read; None: never read yet
+    reserved: float = 0.0  # admitted requests not yet settled
+
+
+@dataclass
+class Reservation:
+    usd: float
+    figures: list[_Figure] = field(default_factory=list)
+    settled: bool = False
+
+
 class SpendMeter:
     """Spend by a ledger column (feature, client_key_id) in the current period.
 
-    Read from the database once per period, then refreshed every `refresh_s` (other replicas spend
-    too) by a background thread while the last figure keeps answering, so a request never waits on a
-    remote database for it; only the first check of a period reads inline. Rows recorded here are
-    added at once. Rows still in the spool at a refresh (under the flush interval) are counted at the
-    next one.
+    Never read on the request path: a figure the meter has not read yet starts from what this process has
+    booked in the period and is read from the database in the background; after that it is refreshed
+    every `refresh_s` (other replicas spend too) while the last figure keeps answering. A failed read (the
+    database is down) keeps the figure, shows on the ledger's health, and is retried at the next check.
+    Rows still in the spool at a read (under the flush interval) are counted at the next one.
     """
 
     COLUMNS = ("feature", "client_key_id")
@@ -54,67 +94,96 @@ class SpendMeter:
     def __init__(self, ledger: Ledger, refresh_s: float = 30.0):
         self.ledger = ledger
         self.refresh_s = refresh_s
-        self._spend: dict[tuple[str, str, str], tuple[float, float, float]] = {}  # -> (start, usd, read at)
-        self._refreshing: set[tuple[str, str, str]] = set()
+        self._lock = threading.Lock()
+        self._figures: dict[Key, _Figure] = {}
+        self._refreshing: set[Key] = set()
         self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spend-refresh")
 
     def spent(self, column: str, value: str, period: str) -> float:
-        assert column in self.COLUMNS
-        start = period_start(period)
-        key = (column, value, period)
-        cached = self._spend.get(key)
-        if not cached or cached[0] != start:
-            return self._read(key, start)
-        if time.monotonic() - cached[2] >= self.refresh_s and key not in self._refreshing:
+        """Booked spend in the current period, reservations excluded."""
+        with self._lock:
+            return self._figure((column, value, period)).usd
+
+    def admit(self, limits: list[Limit], usd: float) -> tuple[Reservation | None, list[tuple[Limit, float]]]:
+        """In one step: the limits reached (spend plus reservations at or over them, with the spend) and, when
+        none of those refuses, a reservation of `usd` against every limit; None when one refuses."""
+        with self._lock:
+            figures = [self._figure((limit.column, limit.value, limit.period)) for limit in limits]
+            reached = [(limit, figure.usd) for limit, figure in zip(limits, figures)
+                       if figure.usd + figure.reserved >= limit.usd]
+            if any(limit.refuse is not None for limit, _ in reached):
+                return None, reached
+            for figure in figures:
+                figure.reserved += usd
+            return Reservation(usd, figures), reached
+
+    def settle(self, reservation: Reservation | None, rows: list[LedgerRow]) -> None:
+        """Release the reservation (once) and book the rows' cost, in one step."""
+        with self._lock:
+            if reservation is not None and not reservation.settled:
+                reservation.settled = True
+                for figure in reservation.figures:
+                    figure.reserved = max(0.0, figure.reserved - reservation.usd)
+            for (column, value, _), figure in self._figures.items():
+                figure.usd += sum(r.cost_usd for r in rows if getattr(r, column) == value and r.ts >= figure.start)
+
+    def _figure(self, key: Key) -> _Figure:
+        """The key's figure for the current period (under the lock); schedules a read when it is due."""
+        assert key[0] in self.COLUMNS
+        start = period_start(key[2])
+        figure = self._figures.get(key)
+        if figure is None or figure.start != start:
+            figure = self._figures[key] = _Figure(start)  # a new period: reservations of the last one stay there
+        due = figure.read_at is None or time.monotonic() - figure.read_at >= self.refresh_s
+        if due and key not in self._refreshing:
             self._refreshing.add(key)
             self._refresher.submit(self._refresh, key, start)
-        return cached[1]
+        return figure
 
-    def _refresh(self, key: tuple[str, str, str], start: float) -> None:
-        try:
-            self._read(key, start)
-        except Exception as exc:  # a database outage: keep the last figure, try again at the next check
-            log.warning("spend refresh for %s=%s failed: %s", key[0], key[1], exc.__class__.__name__)
-        finally:
-            self._refreshing.discard(key)
-
-    def _read(self, key: tuple[str, str, str], start: float) -> float:
+    def _refresh(self, key: Key, start: float) -> None:
         column, value, _ = key
         c = schema.attempts.c
-        with self.ledger.engine.connect() as conn:
-            usd = float(conn.execute(select(func.coalesce(func.sum(c.cost_usd), 0.0))
-                                     .where(getattr(c, column) == value, c.ts >= start)).scalar())
-        self._spend[key] = (start, usd, time.monotonic())
-        return usd
-
-    def add(self, rows: list[LedgerRow]) -> None:
-        for (column, value, period), (start, usd, read_at) in list(self._spend.items()):
-            extra = sum(r.cost_usd for r in rows if getattr(r, column) == value and r.ts >= start)
-            if extra:
-                self._spend[(column, value, period)] = (start, usd + extra, read_at)
+        try:
+            with self.ledger.engine.connect() as conn:
+                usd = float(conn.execute(select(func.coalesce(func.sum(c.cost_usd), 0.0))
+                                         .where(getattr(c, column) == value, c.ts >= start)).scalar())
+        except SQLAlchemyError as exc:  # the database is down: keep the figure, read again at the next check
+            self.ledger.note_unreachable(f"spend of {column}={value}", exc)
+            return
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+        with self._lock:
+            figure = self._figures.get(key)
+            if figure is not None and figure.start == start:
+                figure.usd, figure.read_at = max(figure.usd, usd), time.monotonic()
 
 
 class Budgets:
-    def __init__(self, meter: SpendMeter):
-        self.meter = meter
+    """The routing table's feature budgets as spend limits; each reached budget is logged once per period."""
+
+    def __init__(self) -> None:
         self._warned: set[tuple[str, float]] = set()
 
-    def check(self, route: Route) -> str | None:
-        """None when within budget; else the action, after raising for `block`."""
+    def limits(self, route: Route) -> list[Limit]:
         spec = route.spec
         if spec is None or spec.budget is None:
-            return None
+            return []
         budget: Budget = spec.budget
-        spent = self.meter.spent("feature", route.feature, budget.period)
-        if spent < budget.usd:
-            return None
+
+        def refuse(spent: float) -> BudgetExceeded:
+            return BudgetExceeded(f"feature {route.feature!r} has spent ${spent:.4f} of its ${budget.usd:.2f} "
+                                  f"{budget.period}ly budget; it is blocked until the period ends. Raise the budget "
+                                  f"in the routing table or change its action")
+
+        return [Limit("feature", route.feature, budget.period, budget.usd, refuse if budget.action == "block" else None)]
+
+    def reached(self, route: Route, spent: float) -> str:
+        """Log a reached budget (once per period) and return its action."""
+        budget: Budget = route.spec.budget
         key = (route.feature, period_start(budget.period))
         if key not in self._warned:
             self._warned.add(key)
             log.warning("feature %s is over its %s budget: $%.4f spent of $%.2f (action: %s)", route.feature,
                         budget.period, spent, budget.usd, budget.action)
-        if budget.action == "block":
-            raise BudgetExceeded(f"feature {route.feature!r} has spent ${spent:.4f} of its ${budget.usd:.2f} "
-                                 f"{budget.period}ly budget; it is blocked until the period ends. Raise the budget "
-                                 f"in the routing table or change its action")
         return budget.action

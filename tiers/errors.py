@@ -43,3 +43,11 @@ class RateLimited(TierRunnerError):
         self.retry_after = retry_after
         if code:
             self.code = code
+
+
+class LedgerUnavailable(TierRunnerError):
+    """The ledger database is down: what must read it now (feedback) cannot; answers are still served."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "ledger_unavailable"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from tiers.ledger.rows import LedgerRow
 
@@ -30,6 +33,10 @@ class Metrics:
         self.budget_exceeded = Counter("tier_budget_exceeded", "Requests seen over their feature budget",
                                        ("feature", "action"), registry=r)
 
+    def watch_ledger(self, health: Callable[[], dict]) -> None:
+        """The ledger's state and dead-letter count, read from `health()` at each scrape."""
+        self.registry.register(_LedgerCollector(health))
+
     def observe(self, rows: list[LedgerRow]) -> None:
         for row in rows:
             labels = (row.feature or row.route, str(row.serving_tier or ""), row.model or "")
@@ -51,3 +58,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LedgerCollector:
+    STATES = ("ok", "degraded", "failed")
+
+    def __init__(self, health: Callable[[], dict]):
+        self.health = health
+
+    def collect(self):
+        health = self.health()
+        state = GaugeMetricFamily("tier_ledger_state", "1 for the ledger's current state: ok, degraded (the "
+                                  "database does not take rows; they stay spooled) or failed (the writer stopped)",
+                                  labels=["state"])
+        for name in self.STATES:
+            state.add_metric([name], 1.0 if health["state"] == name else 0.0)
+        yield state
+        yield GaugeMetricFamily("tier_ledger_dead_letters", "Spooled lines set aside in the dead-letter file",
+                                value=health["dead_letters"])

@@ -1,13 +1,45 @@
-"""Ledger rows: the typed record of one attempt, built from what the serving layer knows."""
+"""Ledger rows: the typed record of one attempt, built from what the serving layer knows.
+
+Every field is bounded here, where the row is made, to what its column holds on every backend:
+strings are cut to the column's length and cleaned of what PostgreSQL refuses (NUL, lone
+surrogates), integers are clamped to 32 bits and non-finite floats dropped. A row that passes this
+model is one the database takes; the store dead-letters the rare one it still refuses.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import time
 import uuid
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationInfo, field_validator
 
 from hardware.errors import TierRunnerError
+from tiers.ledger import schema
+
+Api = Literal["chat", "messages", "responses", "completions", "embeddings"]
+INT32 = (-(2**31), 2**31 - 1)
+ELLIPSIS = "…"
+COLUMNS = {c.name: (getattr(c.type, "length", None), c.nullable) for c in schema.attempts.columns}
+
+
+def spec_hash(obj: Any) -> str:
+    """12 hex chars of the sha256 of `obj` as canonical JSON: ties a ledger row to the exact spec (a gate's
+    name and arguments, a routing feature) that was in force, so a change of settings shows as a new hash."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:12]
+
+
+def _clean_text(value: str, limit: int | None) -> str:
+    value = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    if limit is not None and len(value) > limit:
+        value = value[: limit - 1] + ELLIPSIS
+    return value
 
 
 class LedgerRow(BaseModel):
@@ -18,7 +50,9 @@ class LedgerRow(BaseModel):
     final: bool = True
     ts: float
     route: str
+    api: Api = "chat"
     feature: str | None = None
+    feature_spec: str | None = None
     declared_tier: int | None = None
     serving_tier: int | None = None
     runner: str | None = None
@@ -26,12 +60,14 @@ class LedgerRow(BaseModel):
     client_key_id: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: int = 0
     ttft_ms: float | None = None
     latency_ms: float = 0.0
     cost_usd: float = 0.0
     cache_hit: bool = False
     cache_similarity: float | None = None
     gate: str | None = None
+    gate_spec: str | None = None
     gate_passed: bool | None = None
     gate_reason: str | None = None
     escalated: bool = False
@@ -41,6 +77,20 @@ class LedgerRow(BaseModel):
     prompt_text: str | None = None
     completion_text: str | None = None
     text_expires_at: float | None = None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        length, nullable = COLUMNS[info.field_name]
+        if isinstance(value, str):
+            return _clean_text(value, length)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return min(max(value, INT32[0]), INT32[1])
+        if isinstance(value, float) and not math.isfinite(value):
+            return None if nullable else 0.0
+        return value
 
 
 def new_attempt_id() -> str:

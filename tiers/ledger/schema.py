@@ -1,4 +1,8 @@
-"""Ledger tables (SQLAlchemy Core): one code path for SQLite and PostgreSQL."""
+"""Ledger tables as they are after the last migration (SQLAlchemy Core): one code path for SQLite and PostgreSQL.
+
+This is what the code reads and writes; the tables themselves are made only by the numbered migrations in
+`migrations.py`, and a column added here needs a migration that adds it.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ attempts = Table(
     Column("final", Boolean, nullable=False),
     Column("ts", Float, nullable=False, index=True),
     Column("route", String(80), nullable=False),
+    Column("api", String(16), nullable=False, server_default="chat"),
     Column("feature", String(64), index=True),
+    Column("feature_spec", String(12)),
     Column("declared_tier", Integer),
     Column("serving_tier", Integer),
     Column("runner", String(32)),
@@ -24,12 +30,14 @@ attempts = Table(
     Column("client_key_id", String(64)),
     Column("prompt_tokens", Integer, nullable=False),
     Column("completion_tokens", Integer, nullable=False),
+    Column("tool_calls", Integer, nullable=False, server_default="0"),
     Column("ttft_ms", Float),
     Column("latency_ms", Float, nullable=False),
     Column("cost_usd", Float, nullable=False),
     Column("cache_hit", Boolean, nullable=False),
     Column("cache_similarity", Float),
     Column("gate", String(120)),
+    Column("gate_spec", String(12)),
     Column("gate_passed", Boolean),
     Column("gate_reason", String(120)),
     Column("escalated", Boolean, nullable=False),
