@@ -100,5 +100,11 @@ eval-table: $(STAMP)
 		--model qwen2.5-coder-0.5b-instruct-q4_k_m --concurrency 2 \
 		--report-md .data/evals-table.md --report-html .data/evals-report.html
 
+# The reference tables in docs/ (options, configuration keys, ledger tables, layout), rewritten from the code;
+# tests/test_docs.py (part of `make test`) fails when they drift or when the docs name what the code lacks.
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) scripts/docs_reference.py
+
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) .pytest_cache
