@@ -5,8 +5,9 @@ A block between `<!-- generated: KIND NAME -->` and `<!-- end generated -->` is 
 - `config <Model>`: a configuration model, found by walking the pydantic models of the routing table, the
   profile, each registered runner's `Options`, the server settings and the keys file;
 - `schema <table>`: a ledger table;
+- `request <METHOD> <path>`: the JSON body of a route of the app, from its OpenAPI document;
 - `layout <folder> ...`: each module of those folders and the first paragraph of its docstring.
-`--check` (tests/test_docs.py, so `make test`) also fails when a command, model or table has no block, and
+`--check` (tests/test_docs.py, so `make test`) also fails when a command, model, table or body has no block, and
 runs scripts/docs_truth.py over the hand-written rest.
 """
 
@@ -28,9 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 
 import docs_truth  # noqa: E402
-from docs_tables import anchor, render_cli, render_config, render_layout, render_schema  # noqa: E402
+from docs_tables import anchor, render_cli, render_config, render_layout, render_request, render_schema  # noqa: E402
 
-BLOCK = re.compile(r"(<!-- generated: (?P<kind>cli|config|schema|layout) (?P<name>[^>]+?) -->\n)(?P<body>.*?)"
+BLOCK = re.compile(r"(<!-- generated: (?P<kind>cli|config|schema|request|layout) (?P<name>[^>]+?) -->\n)(?P<body>.*?)"
                    r"(<!-- end generated -->)", re.S)
 
 
@@ -95,14 +96,19 @@ def ledger_tables() -> dict[str, Any]:
     return dict(metadata.tables)
 
 
-def app_routes() -> set[str]:
-    """`METHOD /path` of every route of the app `create_app` builds on the cpu-tier3 profile (nothing starts)."""
+def build_app():
+    """The app `create_app` builds on the cpu-tier3 profile; building starts no runner."""
     from tiers.server import create_app
     from tiers.settings import Settings
 
     with tempfile.TemporaryDirectory() as data_dir:
         app = create_app(Settings(profile="cpu-tier3", data_dir=Path(data_dir)))
         app.state.ledger.close()
+    return app
+
+
+def app_routes(app) -> set[str]:
+    """`METHOD /path` of every route of the app (`{model_id:path}` documented as `{model_id}`)."""
     try:  # FastAPI >= 0.13x includes routers lazily; this walks them, prefixes applied
         from fastapi.routing import iter_route_contexts
 
@@ -114,8 +120,21 @@ def app_routes() -> set[str]:
         methods = set(route.methods or ())
         if "GET" in methods:
             methods.discard("HEAD")
-        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)  # `{model_id:path}` is documented as `{model_id}`
+        path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         found.update(f"{method} {path}" for method in methods)
+    return found
+
+
+def request_bodies(app) -> dict[str, tuple[dict, dict]]:
+    """`METHOD /path` -> (JSON schema of its JSON body, the OpenAPI components it refers to)."""
+    document = app.openapi()
+    schemas = document.get("components", {}).get("schemas", {})
+    found = {}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+            if body is not None:
+                found[f"{method.upper()} {path}"] = (body, schemas)
     return found
 
 
@@ -124,15 +143,18 @@ def app_routes() -> set[str]:
 
 @dataclass(frozen=True)
 class Code:
-    """What the docs are generated from; tests build a doctored one to see the check fail."""
+    """What the docs are generated from and checked against; tests build a doctored one to see the check fail."""
 
     commands: dict[str, click.Command]
     models: dict[str, type[BaseModel]]
     tables: dict[str, Any]
+    routes: set[str]
+    bodies: dict[str, tuple[dict, dict]]
 
     @classmethod
     def load(cls) -> Code:
-        return cls(commands(), config_models(), ledger_tables())
+        app = build_app()
+        return cls(commands(), config_models(), ledger_tables(), app_routes(app), request_bodies(app))
 
 
 @dataclass(frozen=True)
@@ -158,13 +180,15 @@ def render(texts: dict[Path, str], code: Code, root: Path = REPO) -> tuple[dict[
 
         def replace(m: re.Match) -> str:
             kind, name = m["kind"], m["name"].strip()
-            source = {"cli": code.commands, "config": code.models, "schema": code.tables}.get(kind)
+            source = {"cli": code.commands, "config": code.models, "schema": code.tables,
+                      "request": code.bodies}.get(kind)
             if source is not None and name not in source:
                 problems.append(f"{page.name}: the code has no {kind} `{name}`; remove its block")
                 return m[0]
             body = {"cli": lambda: render_cli(name, code.commands[name]),
                     "config": lambda: render_config(code.models[name], links),
                     "schema": lambda: render_schema(code.tables[name]),
+                    "request": lambda: render_request(*code.bodies[name]),
                     "layout": lambda: render_layout(name, root)}[kind]()
             return m[1] + body + m[5]
 
@@ -177,14 +201,15 @@ def undocumented(texts: dict[Path, str], code: Code) -> list[str]:
     have = {(b.kind, b.name) for b in blocks(texts)}
     wanted = [("cli", path) for path, c in code.commands.items() if [p for p in c.params if p.name != "help"]]
     wanted += [("config", name) for name in code.models] + [("schema", name) for name in code.tables]
+    wanted += [("request", route) for route in code.bodies]
     return [f"{kind} `{name}` is not documented: put `<!-- generated: {kind} {name} -->` and "
             "`<!-- end generated -->` on the docs page it belongs to, then run `make docs`"
             for kind, name in wanted if (kind, name) not in have]
 
 
-def check(root: Path = REPO, code: Code | None = None, routes: set[str] | None = None) -> list[str]:
+def check(root: Path = REPO, code: Code | None = None) -> list[str]:
     code = code or Code.load()
-    routes = app_routes() if routes is None else routes
+    routes = code.routes
     texts = {p: p.read_text(encoding="utf-8") for p in doc_files(root)}
     rendered, problems = render(texts, code, root)
     problems += [f"{p.relative_to(root)}: a generated table is out of date; run `make docs`"

@@ -158,3 +158,48 @@ def render_layout(folders: str, root: Path = REPO) -> str:
             if path.suffix in (".py", ".sh") and "__pycache__" not in path.parts and path.name != "__init__.py":
                 lines.append(f"| `{path.relative_to(root)}` | {_module_line(path)} |")
     return "\n".join(lines) + "\n"
+
+
+def _schema_type(schema: dict) -> str:
+    """A JSON schema as a short type: `string \\| null`, `list of ChatMessage`, `"none" \\| "auto"`."""
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[1]
+    if "enum" in schema:
+        return " \\| ".join(json.dumps(v) for v in schema["enum"])
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return " \\| ".join(_schema_type(s) for s in schema[key])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"list of {_schema_type(schema.get('items', {}))}"
+    if kind == "object":
+        return "object"
+    return kind or "any"
+
+
+def _schema_bounds(schema: dict) -> str:
+    words = []
+    for part in [schema, *schema.get("anyOf", [])]:
+        for key, sign in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"),
+                          ("minLength", "at least"), ("maxLength", "at most"), ("minItems", "at least"),
+                          ("maxItems", "at most")):
+            if key in part:
+                value = part[key]
+                words.append(f"{sign} {int(value) if float(value).is_integer() else value}")
+    return f", {', '.join(words)}" if words else ""
+
+
+def render_request(body: dict, schemas: dict) -> str:
+    """The fields of a route's JSON body; nested objects are named by their schema."""
+    name = body["$ref"].rsplit("/", 1)[1] if "$ref" in body else ""
+    schema = schemas.get(name, body)
+    required = set(schema.get("required", []))
+    lines = [f"Body: `{name}`" + (f": {_first_paragraph(schema.get('description'))}" if schema.get("description") else ""),
+             "", "| field | type | default | what |", "|---|---|---|---|"]
+    for field, spec in schema.get("properties", {}).items():
+        default = "required" if field in required else _value(spec["default"]) if "default" in spec else ""
+        lines.append(f"| `{field}` | {_schema_type(spec)}{_schema_bounds(spec)} | {default} | "
+                     f"{_cell(spec.get('description', ''))} |")
+    return "\n".join(lines) + "\n"

@@ -28,8 +28,8 @@ def code():
 
 
 @pytest.fixture(scope="module")
-def routes():
-    return docs_reference.app_routes()
+def routes(code):
+    return code.routes
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def texts():
     return {p: p.read_text(encoding="utf-8") for p in docs_reference.doc_files()}
 
 
-def test_docs_match_the_code(code, routes):
-    problems = docs_reference.check(code=code, routes=routes)
+def test_docs_match_the_code(code):
+    problems = docs_reference.check(code=code)
     assert not problems, "the docs and the code disagree (`make docs` rewrites the generated tables):\n" + \
         "\n".join(problems)
 
@@ -61,7 +61,7 @@ def test_the_generator_finds_what_the_code_offers(code, routes):
 
 
 def _with_command(code, path: str, command: click.Command):
-    return docs_reference.Code({**code.commands, path: command}, code.models, code.tables)
+    return docs_reference.Code({**code.commands, path: command}, code.models, code.tables, code.routes, code.bodies)
 
 
 def test_a_new_option_makes_the_check_fail_until_the_docs_are_regenerated(code, texts):
@@ -77,15 +77,18 @@ def test_a_new_option_makes_the_check_fail_until_the_docs_are_regenerated(code, 
 def test_a_new_command_or_model_without_a_docs_block_fails(code, texts):
     fake = click.Command("fake", params=[click.Option(["--level"])])
     model = create_model("FakeOptions", depth=(int, Field(default=1, description="how deep")))
-    doctored = docs_reference.Code({**code.commands, "fake": fake}, {**code.models, "FakeOptions": model}, code.tables)
+    doctored = docs_reference.Code({**code.commands, "fake": fake}, {**code.models, "FakeOptions": model}, code.tables,
+                                   code.routes, {**code.bodies, "POST /v1/fake": ({"type": "object"}, {})})
     problems = docs_reference.undocumented(texts, doctored)
     assert any("cli `fake`" in p for p in problems) and any("config `FakeOptions`" in p for p in problems)
+    assert any("request `POST /v1/fake`" in p for p in problems)
 
 
 def test_a_new_config_key_changes_its_generated_table(code, texts):
     settings = code.models["Settings"]
     grown = create_model("Settings", __base__=settings, fake_key=(int, Field(default=3, description="new key")))
-    doctored = docs_reference.Code(code.commands, {**code.models, "Settings": grown}, code.tables)
+    doctored = docs_reference.Code(code.commands, {**code.models, "Settings": grown}, code.tables, code.routes,
+                                   code.bodies)
     rendered, _ = docs_reference.render(texts, doctored)
     operations = REPO / "docs" / "operations.md"
     assert "| `fake_key` | integer | `3` | new key |" in rendered[operations]
