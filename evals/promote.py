@@ -10,6 +10,7 @@ and must not be significantly worse than the incumbent.
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -22,13 +23,10 @@ from tiers.ledger.stats import Rate
 
 
 def mcnemar_exact_worse(incumbent_wins: int, candidate_wins: int) -> float:
-    """One-sided exact McNemar p-value that the candidate is worse (binomial test on discordant pairs)."""
+    """One-sided exact McNemar p-value that the candidate is worse: P(B >= b) for B ~ Binomial(b + c, 1/2),
+    summed exactly in integers."""
     n = incumbent_wins + candidate_wins
-    if n == 0:
-        return 1.0
-    from scipy.stats import binomtest
-
-    return float(binomtest(incumbent_wins, n, 0.5, alternative="greater").pvalue)
+    return sum(math.comb(n, k) for k in range(incumbent_wins, n + 1)) / 2**n
 
 
 @dataclass
@@ -60,9 +58,10 @@ def decide(suite: str, incumbent: list[Result], candidate: list[Result], target:
            alpha: float = 0.05) -> SuiteDecision:
     inc = {r.example_id: r for r in incumbent}
     cand = {r.example_id: r for r in candidate}
-    ids = sorted(inc.keys() & cand.keys())
+    ids = sorted(i for i in inc.keys() & cand.keys() if inc[i].scored and cand[i].scored)  # errors say nothing
     if not ids:
-        raise ConfigError(f"suite {suite}: no example was scored for both models; rerun the evals")
+        raise ConfigError(f"suite {suite}: no example was scored for both models; rerun the evals (errors and "
+                          "timeouts are tried again)")
     c_fail = sum(cand[i].failed for i in ids)
     i_fail = sum(inc[i].failed for i in ids)
     inc_wins = sum(cand[i].failed and not inc[i].failed for i in ids)

@@ -1,5 +1,8 @@
 """Per suite and model: failure rate with its 95% Wilson interval, the breakdown, latency, tokens and cost.
 
+The rate is over scored examples (the model answered); errors and timeouts are counted apart, as "not
+scored": they say nothing about the model and are retried by the next run.
+
 Markdown for docs and terminals; one self-contained HTML file with matplotlib plots (inline SVG).
 """
 
@@ -9,7 +12,7 @@ import html
 import io
 from dataclasses import dataclass
 
-from evals.store import OUTCOMES, Result
+from evals.store import NOT_SCORED, OUTCOMES, Result
 from tiers.ledger.stats import Rate, effective_cost, percentile
 
 
@@ -33,7 +36,8 @@ class Summary:
     def as_dict(self) -> dict:
         low, high = self.rate.interval
         return {"suite": self.suite, "label": self.label, "tier": self.tier, "model": self.model, "n": self.rate.n,
-                "failures": self.rate.failures, "failure_rate": self.rate.value, "ci95": [low, high],
+                "failures": self.rate.failures, "not_scored": sum(self.outcomes[k] for k in NOT_SCORED),
+                "failure_rate": self.rate.value, "ci95": [low, high],
                 "outcomes": self.outcomes, "p50_ms": self.p50_ms, "p95_ms": self.p95_ms,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                 "cost_usd": self.cost_usd, "cost_per_success": self.cost_per_success,
@@ -45,12 +49,13 @@ def summarize(suite: str, label: str, results: list[Result], failure_cost_usd: f
     for r in results:
         outcomes[r.outcome] += 1
     failures = sum(r.failed for r in results)
-    successes = len(results) - failures
-    latencies = [r.latency_ms for r in results if r.latency_ms is not None and r.outcome not in ("error", "timeout")]
+    scored = sum(r.scored for r in results)
+    successes = scored - failures
+    latencies = [r.latency_ms for r in results if r.latency_ms is not None and r.scored]
     cost = sum(r.cost_usd for r in results)
     return Summary(
         suite=suite, label=label, tier=results[0].tier if results else None,
-        model=results[0].model if results else None, rate=Rate(failures, len(results)), outcomes=outcomes,
+        model=results[0].model if results else None, rate=Rate(failures, scored), outcomes=outcomes,
         p50_ms=percentile(latencies, 50), p95_ms=percentile(latencies, 95),
         prompt_tokens=sum(r.prompt_tokens for r in results), completion_tokens=sum(r.completion_tokens for r in results),
         cost_usd=cost, cost_per_success=cost / successes if successes else None,
@@ -66,8 +71,12 @@ def _usd(v: float | None) -> str:
     return "n/a" if v is None else f"${v:.6f}"
 
 
-COLUMNS = ["suite", "model (route)", "n", "failure rate [95% CI]", "wrong", "unparseable", "gate", "error",
-           "timeout", "p50 ms", "p95 ms", "tokens in/out", "cost", "cost/success", "effective cost/success"]
+COLUMNS = ["suite", "model (route)", "n scored", "failure rate [95% CI]", "wrong", "unparseable", "gate",
+           "not scored: error", "not scored: timeout", "p50 ms", "p95 ms", "tokens in/out", "cost", "cost/success",
+           "effective cost/success"]
+FOOTNOTE = ("Failure rate = (wrong + unparseable + gate failure) / scored examples; intervals are 95% Wilson. "
+            "Errors and timeouts are not answers: they are counted apart, left out of the rate, and retried by the "
+            "next run.")
 
 
 def _cells(s: Summary) -> list[str]:
@@ -81,7 +90,7 @@ def _cells(s: Summary) -> list[str]:
 def render_markdown(summaries: list[Summary], title: str = "Eval results") -> str:
     lines = [f"## {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(s)) + " |" for s in summaries]
-    lines += ["", "Failure = wrong + unparseable + gate failure + error + timeout; intervals are 95% Wilson."]
+    lines += ["", FOOTNOTE]
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +129,7 @@ def _plots(summaries: list[Summary]) -> tuple[str, str]:
 
     fig, ax = plt.subplots(figsize=(8, 4))
     bottom = {s: [0.0] * len(suites) for s in labels}
-    kinds = [k for k in OUTCOMES if k != "correct"]
+    kinds = [k for k in OUTCOMES if k not in ("correct", *NOT_SCORED)]
     for j, label in enumerate(labels):
         rows = {x.suite: x for x in summaries if model[id(x)] == label}
         for k, kind in enumerate(kinds):
@@ -151,7 +160,7 @@ th, td {{ border: 1px solid #ccc; padding: 4px 8px; font-size: 13px; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 2em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p>Failure = wrong + unparseable + gate failure + error + timeout. Intervals are 95% Wilson score intervals.</p>
+<p>{html.escape(FOOTNOTE)}</p>
 <table id="results">{header}{body}</table>
 {extra_html}
 <div class="plots"><div id="rate-plot">{rate_svg}</div><div id="breakdown-plot">{breakdown_svg}</div></div>

@@ -2,7 +2,10 @@
 
 Like the ledger (and llm's logs.db): numbered migrations, applied ones recorded, a shipped one never edited;
 `record_result` is the one write path for results. A row is committed as soon as its example is scored, so a
-killed run loses at most the examples in flight, and the next run skips everything already stored.
+killed run loses at most the examples in flight, and the next run skips every example already scored.
+
+An error or a timeout is not an answer, right or wrong: it says nothing about the model. It is stored (for the
+report) but not scored: the next run tries that example again, and rates and promotion leave it out.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def _m002_decisions(db: sqlite3.Connection) -> None:
 
 MIGRATIONS = [(1, "results", _m001_results), (2, "decisions", _m002_decisions)]
 OUTCOMES = ("correct", "wrong", "unparseable", "gate_failure", "error", "timeout")
+NOT_SCORED = ("error", "timeout")
 
 
 @dataclass
@@ -60,8 +64,13 @@ class Result:
     ts: float = 0.0
 
     @property
+    def scored(self) -> bool:
+        """The model answered (rightly or not); False for errors and timeouts, which are retried."""
+        return self.outcome not in NOT_SCORED
+
+    @property
     def failed(self) -> bool:
-        return self.outcome != "correct"
+        return self.scored and self.outcome != "correct"
 
 
 class ResultStore:
@@ -105,9 +114,11 @@ class ResultStore:
                             tuple(row.values()))
 
     def done_ids(self, suite: str, config_hash: str) -> set[str]:
+        """Examples already scored; errors and timeouts are not, so a resumed run tries them again."""
         with self._lock:
             return {r[0] for r in self.db.execute(
-                "SELECT example_id FROM results WHERE suite = ? AND config_hash = ?", (suite, config_hash))}
+                f"SELECT example_id FROM results WHERE suite = ? AND config_hash = ? AND outcome NOT IN "
+                f"({', '.join('?' * len(NOT_SCORED))})", (suite, config_hash, *NOT_SCORED))}
 
     def results(self, suite: str, config_hash: str, example_ids: list[str] | None = None) -> list[Result]:
         with self._lock:

@@ -88,6 +88,35 @@ def _results(config: str, outcomes: str) -> list[Result]:
     return [Result("s", str(i), config, "correct" if o == "1" else "wrong") for i, o in enumerate(outcomes)]
 
 
+def test_exact_mcnemar_matches_scipys_binomial_test():
+    for b, c in [(0, 1), (3, 3), (12, 4), (40, 25), (1, 60)]:
+        assert mcnemar_exact_worse(b, c) == pytest.approx(binomtest(b, b + c, 0.5, alternative="greater").pvalue,
+                                                         rel=1e-12)
+
+
+def test_errors_and_timeouts_are_stored_but_not_scored(tmp_path):
+    store = ResultStore(tmp_path / "evals.db")
+    for i, outcome in enumerate(["correct", "wrong", "unparseable", "gate_failure", "error", "timeout"]):
+        store.record_result(Result("s", str(i), "cfg", outcome))
+    assert store.done_ids("s", "cfg") == {"0", "1", "2", "3"}  # the next run tries 4 and 5 again
+    summary = summarize("s", "m", store.results("s", "cfg"))
+    assert (summary.rate.failures, summary.rate.n) == (3, 4)  # a timeout is not a wrong answer
+    assert summary.as_dict()["not_scored"] == 2 and summary.outcomes["timeout"] == 1
+    row = render_markdown([summary]).splitlines()[2]
+    assert "| not scored: error | not scored: timeout |" in row
+    assert "| s | m | 4 | 75.0% [" in render_markdown([summary])
+    store.close()
+
+
+def test_promotion_pairs_only_examples_both_models_answered():
+    inc = _results("i", "1" * 20)
+    cand = _results("c", "1" * 20)
+    for r in cand[:5]:
+        r.outcome = "timeout"  # the candidate's gateway stalled: no evidence either way
+    d = decide("s", inc, cand, target=0.5, target_source="test")
+    assert d.paired_n == 15 and d.candidate_failures == 0 and d.passed
+
+
 def test_decide_target_and_paired_test():
     inc = _results("i", "1" * 30)
     cand = _results("c", "1" * 20 + "0" * 10)  # 10 discordant pairs, all the incumbent's: p = 1/1024

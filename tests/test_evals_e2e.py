@@ -69,6 +69,34 @@ def test_a_killed_run_continues_with_only_the_missing_examples(tmp_path, server)
     assert summaries(third.stderr)[0]["ran"] == 0
 
 
+def test_errors_and_timeouts_are_retried_on_resume_and_reported_apart(tmp_path, server):
+    """A gateway that was too slow, then down: neither is a wrong answer, and the next run tries those again."""
+    from dataclasses import replace
+
+    from evals.harness import resolve_target, run_suite
+    from evals.report import summarize
+    from evals.suite import load_suite
+    from tests.conftest import free_port
+
+    store = ResultStore(tmp_path / "evals.db")
+    suite = load_suite("sst2-sentiment")
+    target = resolve_target(server.base_url, "tier:3")
+    slow = run_suite(suite.model_copy(update={"timeout_s": 0.001}), target, store, limit=4, progress=False)
+    assert slow.outcomes["timeout"] == 4
+    down = run_suite(suite, replace(target, base_url=f"http://127.0.0.1:{free_port()}"), store, limit=6,
+                     progress=False)
+    assert (down.already_done, down.ran, down.outcomes["error"]) == (0, 6, 6)
+    report = summarize(suite.name, target.label, store.results(suite.name, target.config_hash(suite)))
+    assert report.rate.n == 0 and report.as_dict()["not_scored"] == 6
+    served = run_suite(suite, target, store, limit=6, progress=False)
+    assert (served.already_done, served.ran) == (0, 6)
+    assert served.outcomes["error"] + served.outcomes["timeout"] == 0
+    report = summarize(suite.name, target.label, store.results(suite.name, target.config_hash(suite)))
+    assert report.rate.n == 6 and report.as_dict()["not_scored"] == 0
+    assert run_suite(suite, target, store, limit=6, progress=False).ran == 0
+    store.close()
+
+
 @pytest.fixture(scope="module")
 def promotion(tmp_path_factory):
     folder = tmp_path_factory.mktemp("promote")
