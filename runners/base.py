@@ -1,4 +1,10 @@
-"""The one interface every backend implements, and the registry that finds them by name."""
+"""The one interface every backend implements, its lifecycle, and the registry that finds backends by name.
+
+A runner's lifecycle is one state machine (`Lifecycle`): the runner moves itself through it as it
+starts, stops or notices a failure, and the supervisor may only mark it failed. `status()` reports
+and never changes anything: it is the lifecycle state, overlaid with what the runner knows about its
+backend right now (a hosted API's open circuit shows as `failed` without being a reason to restart).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +16,23 @@ from pydantic import BaseModel
 
 from hardware.config import validate_model
 from hardware.errors import ConfigError
-from runners.errors import InvalidRequest
 from hardware.fit import Need
 from hardware.profile import Device, TierPlacement
-from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from runners.answer import Answer, Delta
+from runners.capabilities import Capabilities, refuse_unsupported
+from runners.request import Request
 
 # not_configured: a setup the operator has not made (a hosted API's key is not exported). It is not retried,
 # and a tier whose placement says `optional: true` in that state does not hold /ready back.
 State = Literal["starting", "ready", "failed", "not_configured", "stopped"]
+
+TRANSITIONS: dict[State, set[State]] = {
+    "stopped": {"stopped", "starting", "ready", "failed", "not_configured"},
+    "starting": {"ready", "failed", "stopped", "not_configured"},
+    "ready": {"failed", "stopped"},
+    "failed": {"stopped", "starting", "failed"},
+    "not_configured": {"stopped", "starting", "failed"},
+}
 
 
 class RunnerStatus(BaseModel):
@@ -27,11 +42,27 @@ class RunnerStatus(BaseModel):
     detail: str = ""
 
 
+class Lifecycle:
+    """Where a runner is in its life; every change goes through `to`, which refuses impossible moves."""
+
+    def __init__(self) -> None:
+        self.state: State = "stopped"
+        self.detail = ""
+
+    def to(self, state: State, detail: str = "") -> None:
+        if state not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"runner lifecycle: {self.state} -> {state} is not a transition")
+        self.state, self.detail = state, detail
+
+
 class Runner(ABC):
-    """A backend serving one tier. Subclasses declare `kind` and an `Options` model."""
+    """A backend serving one tier. Subclasses declare `kind`, `Options` and `capabilities`, and implement
+    `answer` (whole) and `answer_stream` (deltas); `complete`/`stream` check the request against the
+    capabilities first, so what the backend cannot do is a 400 before anything is sent."""
 
     kind: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[Capabilities] = Capabilities()
     may_be_optional: ClassVar[bool] = False  # can it be `not_configured`, so that `optional: true` means something?
 
     def __init__(self, tier: int, placement: TierPlacement, options: Any, device: Device | None = None):
@@ -39,24 +70,34 @@ class Runner(ABC):
         self.placement = placement
         self.options = options
         self.device = device
-        self._state: State = "stopped"
-        self._detail = ""
+        self.lifecycle = Lifecycle()
+        self.in_flight = 0  # requests being answered now: a retired runner drains to zero before it stops
+
+    @classmethod
+    def variant(cls, options: Any) -> type[Runner]:
+        """The class that serves these options (a hosted runner picks its provider's); default: this one."""
+        return cls
 
     @property
     def model_name(self) -> str:
         return self.placement.model
 
-    def status(self) -> RunnerStatus:
-        return RunnerStatus(state=self._state, model=self.model_name, runner=self.kind, detail=self._detail)
-
     @property
-    def state(self) -> State:
-        """The runner's own lifecycle state; status() may report more (a hosted tier's open circuit breaker
-        shows as failed there, but is not a reason to restart it)."""
-        return self._state
+    def where(self) -> str:
+        """How messages name this tier, e.g. "tier 3 (smollm2 on llamacpp)"."""
+        return f"tier {self.tier} ({self.model_name} on {self.kind})"
 
-    def _set_state(self, state: State, detail: str = "") -> None:
-        self._state, self._detail = state, detail
+    def status(self) -> RunnerStatus:
+        return RunnerStatus(state=self.lifecycle.state, model=self.model_name, runner=self.kind,
+                            detail=self.lifecycle.detail)
+
+    def serving(self) -> bool:
+        """May a request be sent now?"""
+        return self.status().state == "ready"
+
+    def mark_failed(self, detail: str) -> None:
+        """The supervisor's one way in: a start or restart attempt that raised."""
+        self.lifecycle.to("failed", detail)
 
     @abstractmethod
     async def start(self) -> None:
@@ -71,15 +112,36 @@ class Runner(ABC):
         return None
 
     async def check(self) -> None:
-        """Probe the backend and update the state (the supervisor calls it periodically); default: nothing."""
+        """Probe the backend and move the lifecycle if it broke (the supervisor calls it periodically)."""
+
+    async def complete(self, request: Request) -> Answer:
+        refuse_unsupported(request, self.capabilities, self.where)
+        self.in_flight += 1
+        try:
+            return await self.answer(request)
+        finally:
+            self.in_flight -= 1
+
+    def stream(self, request: Request) -> AsyncIterator[Delta]:
+        refuse_unsupported(request, self.capabilities, self.where)
+        return self._counted(self.answer_stream(request))
+
+    async def _counted(self, deltas: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+        self.in_flight += 1
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            self.in_flight -= 1
+            await deltas.aclose()
 
     @abstractmethod
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+    async def answer(self, request: Request) -> Answer:
         """Answer one non-streaming request."""
 
     @abstractmethod
-    def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        """Answer one streaming request; request errors raise before the first chunk."""
+    def answer_stream(self, request: Request) -> AsyncIterator[Delta]:
+        """Answer one streaming request; request errors raise before the first delta."""
 
 
 RUNNERS: dict[str, type[Runner]] = {}
@@ -88,14 +150,6 @@ RUNNERS: dict[str, type[Runner]] = {}
 def register_runner(cls: type[Runner]) -> type[Runner]:
     RUNNERS[cls.kind] = cls
     return cls
-
-
-def reject_guided(request: ChatCompletionRequest, where: str) -> None:
-    """Runners without vLLM's guided decoding refuse its fields by name rather than ignore them."""
-    fields = request.guided_fields()
-    if fields:
-        raise InvalidRequest(f"{fields[0]} is a vLLM extension that {where} does not support; use response_format "
-                             "(json_schema) instead, which every tier honours", param=fields[0])
 
 
 def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict[str, Device] | None = None) -> Runner:
@@ -111,6 +165,4 @@ def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict
                           "be optional; remove `optional` (only a hosted tier, whose key may be missing, can be)")
     options = validate_model(placement.options, cls.Options, source=f"{source}: tiers.{tier}")
     device = (devices or {}).get(placement.device) if placement.device else None
-    return cls(tier, placement, options, device)
-
-
+    return cls.variant(options)(tier, placement, options, device)

@@ -16,64 +16,25 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import ValidationError
 
 from hardware.errors import ConfigError
+from runners.wire import anthropic
 from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
-from runners import anthropic
-from runners.base import Runner, RunnerStatus, register_runner, reject_guided
-from runners.openai_http import OpenAIStream, error_message, request_payload
-from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
+from runners.answer import Answer, Delta
+from runners.base import Runner, RunnerStatus, register_runner
+from runners.capabilities import Capabilities
+from runners.hosted_wire import AnthropicWire, HostedOptions, OpenAIWire
+from runners.openai_http import error_message
+from runners.request import Request
 from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
 
 log = logging.getLogger("tier_runner.hosted")
-
-DEFAULTS = {  # provider -> (base_url, api_key_env, base_url_env): the variables the official SDKs read
-    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
-    "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
-}
-RETRYABLE = {408, 409, 429}
-
-
-class HostedOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    provider: Literal["openai", "anthropic"] = Field(
-        default="openai", description="wire protocol: openai (chat completions) or anthropic (Messages API)")
-    base_url: str = Field(default="", pattern=r"^(https?://.*)?$",
-                          description="API root; openai: ending in /v1 (default OpenAI's), anthropic: default Anthropic's")
-    base_url_env: str | None = Field(
-        default="", description="environment variable that, when set, replaces base_url (default OPENAI_BASE_URL or "
-                                "ANTHROPIC_BASE_URL); null: base_url only")
-    api_key_env: str | None = Field(default="", description="environment variable holding the key; null for none")
-    anthropic_version: str = Field(default="2023-06-01", description="anthropic-version header (anthropic only)")
-    default_max_tokens: int = Field(default=1024, ge=1, description="max_tokens when the request has none (anthropic)")
-    connect_timeout_s: float = Field(default=5.0, gt=0, description="longest wait to open a connection")
-    first_byte_timeout_s: float = Field(default=60.0, gt=0,
-                                        description="longest wait for the response headers, and a stream's first event")
-    read_timeout_s: float = Field(default=60.0, gt=0, description="longest wait for the next byte")
-    total_timeout_s: float = Field(default=600.0, gt=0, description="longest one attempt may take, streams included")
-    max_attempts: int = Field(default=3, ge=1, le=10, description="tries per request, the first included")
-    retry_base_s: float = Field(default=0.5, ge=0, description="first backoff step; doubles per retry, with jitter")
-    retry_max_backoff_s: float = Field(default=8.0, ge=0, description="longest backoff step")
-    retry_budget_s: float = Field(default=30.0, ge=0, description="no retry starts past this many seconds of a request")
-    circuit_failure_threshold: int = Field(default=5, ge=1, description="consecutive failed attempts that open the circuit")
-    circuit_cooldown_s: float = Field(default=30.0, gt=0, description="open time before one probe request goes through")
-    max_connections: int = Field(default=32, ge=1)
-
-    @model_validator(mode="after")
-    def _provider_defaults(self) -> HostedOptions:
-        base_url, key_env, base_url_env = DEFAULTS[self.provider]
-        self.base_url = self.base_url or base_url
-        if self.api_key_env == "":
-            self.api_key_env = key_env
-        if self.base_url_env == "":
-            self.base_url_env = base_url_env
-        return self
-
+RETRYABLE = {408, 409, 429}  # and every 5xx
 
 class _Retryable(Exception):
     """One failed attempt that a later attempt may get past."""
@@ -83,65 +44,23 @@ class _Retryable(Exception):
         self.why, self.retry_after = why, retry_after
 
 
-class OpenAIWire:
-    path = "/chat/completions"
-
-    def __init__(self, options: HostedOptions):
-        self.options = options
-
-    def headers(self, key: str | None) -> dict[str, str]:
-        return {"authorization": f"Bearer {key}"} if key else {}
-
-    def body(self, request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
-        return request_payload(request, model, stream)
-
-    def completion(self, data: Any) -> ChatCompletion:
-        return ChatCompletion.model_validate(data)
-
-    def translator(self, request: ChatCompletionRequest) -> OpenAIStream:
-        return OpenAIStream()
-
-
-class AnthropicWire:
-    path = "/v1/messages"
-
-    def __init__(self, options: HostedOptions):
-        self.options = options
-
-    def headers(self, key: str | None) -> dict[str, str]:
-        headers = {"anthropic-version": self.options.anthropic_version}
-        if key:
-            headers["x-api-key"] = key
-        return headers
-
-    def body(self, request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
-        return anthropic.to_anthropic(request, model, self.options.default_max_tokens, stream)
-
-    def completion(self, data: Any) -> ChatCompletion:
-        return anthropic.from_anthropic(data)
-
-    def translator(self, request: ChatCompletionRequest) -> anthropic.StreamTranslator:
-        return anthropic.StreamTranslator(include_usage=bool(request.stream_options and request.stream_options.include_usage))
-
-
-WIRES = {"openai": OpenAIWire, "anthropic": AnthropicWire}
-
-
 @register_runner
 class HostedRunner(Runner):
+    """One class per provider (`variant`), so each declares its capabilities as class attributes."""
+
     kind = "hosted"
     Options = HostedOptions
     options: HostedOptions
     may_be_optional = True  # not configured until its API key is exported
+    Wire: type[OpenAIWire] | type[AnthropicWire]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.base_url = self.options.base_url  # or, once started, the value of base_url_env when that is set
 
-    @property
-    def enforces_json_schema(self) -> bool:
-        """Anthropic's Messages API has no json_schema output; an escalation there is checked by the gate alone."""
-        return self.options.provider == "openai"
+    @classmethod
+    def variant(cls, options: HostedOptions) -> type[HostedRunner]:
+        return HostedAnthropicRunner if options.provider == "anthropic" else HostedOpenAIRunner
 
     @property
     def where(self) -> str:
@@ -151,7 +70,7 @@ class HostedRunner(Runner):
     async def start(self) -> None:
         """Read the base URL override and the key from the environment; a missing key is `not_configured`."""
         opts = self.options
-        self.wire = WIRES[opts.provider](opts)
+        self.wire = self.Wire(opts)
         self.breaker = CircuitBreaker(opts.circuit_failure_threshold, opts.circuit_cooldown_s)
         self.retry = RetryPolicy(opts.max_attempts, opts.retry_base_s, opts.retry_max_backoff_s, opts.retry_budget_s)
         self.base_url, detail = opts.base_url, ""
@@ -164,19 +83,19 @@ class HostedRunner(Runner):
         if opts.api_key_env:
             self._key = os.environ.get(opts.api_key_env)
             if not self._key:
-                self._set_state("not_configured", f"environment variable {opts.api_key_env} is not set: export "
-                                                  f"{opts.api_key_env}=<your key> and restart the gateway")
+                self.lifecycle.to("not_configured", f"environment variable {opts.api_key_env} is not set: export "
+                                                    f"{opts.api_key_env}=<your key> and restart the gateway")
                 return
         timeout = httpx.Timeout(opts.read_timeout_s, connect=opts.connect_timeout_s)
         limits = httpx.Limits(max_connections=opts.max_connections)
         self._client = httpx.AsyncClient(base_url=self.base_url.rstrip("/"), headers=self.wire.headers(self._key),
                                          timeout=timeout, limits=limits)
-        self._set_state("ready", detail)
+        self.lifecycle.to("ready", detail)
 
     async def stop(self) -> None:
         if hasattr(self, "_client"):
             await self._client.aclose()
-        self._set_state("stopped")
+        self.lifecycle.to("stopped")
 
     def status(self) -> RunnerStatus:
         status = super().status()
@@ -189,17 +108,17 @@ class HostedRunner(Runner):
         return text.replace(self._key, "[redacted]") if self._key else text
 
     # -- requests ---------------------------------------------------------------------------------
-    def _body(self, request: ChatCompletionRequest, stream: bool) -> dict[str, Any]:
-        if self._state != "ready":
-            raise TierUnavailable(f"{self.where} is {self._state.replace('_', ' ')}: {self._detail}")
-        reject_guided(request, self.where)  # vLLM's guided_* fields: 400 here, never forwarded to a provider
+    def _body(self, request: Request, stream: bool) -> dict[str, Any]:
+        state = self.lifecycle
+        if state.state != "ready":
+            raise TierUnavailable(f"{self.where} is {state.state.replace('_', ' ')}: {state.detail}")
         return self.wire.body(request, self.model_name, stream)
 
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+    async def answer(self, request: Request) -> Answer:
         return await self._with_retries(self._body(request, stream=False), None)
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        translator = self.wire.translator(request)
+    async def answer_stream(self, request: Request) -> AsyncIterator[Delta]:
+        translator = self.wire.translator()
         response, lines, first, deadline = await self._with_retries(self._body(request, stream=True), translator)
         try:
             for chunk in first:
@@ -228,7 +147,7 @@ class HostedRunner(Runner):
         self.breaker.record_failure(why)
         return RunnerFailed(f"{self.where} failed mid-stream: {why}; the answer is incomplete, retry the request")
 
-    def _translate(self, translator, line: str) -> list[ChatCompletionChunk]:
+    def _translate(self, translator, line: str) -> list[Delta]:
         try:
             return translator.feed_line(line)
         except RunnerFailed as exc:
@@ -294,7 +213,7 @@ class HostedRunner(Runner):
                 except (ValueError, ValidationError) as exc:
                     raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
             lines = response.aiter_lines()
-            first: list[ChatCompletionChunk] = []
+            first: list[Delta] = []
             async with asyncio.timeout_at(first_byte):
                 while not first and not translator.done:
                     first = self._translate(translator, await anext(lines))
@@ -326,3 +245,15 @@ class HostedRunner(Runner):
             raise RunnerFailed(f"{self.where} refused the API key from {self.options.api_key_env} (HTTP {status}): "
                                f"{message}; check the key and its permissions")
         raise RunnerFailed(f"{self.where} answered HTTP {status}: {message}")
+
+
+class HostedOpenAIRunner(HostedRunner):
+    Wire = OpenAIWire
+    capabilities = Capabilities(tools=True, max_n=8, stream_n=True, media=frozenset({"image", "audio", "file"}))
+
+
+class HostedAnthropicRunner(HostedRunner):
+    """Anthropic's Messages API has no json_schema output: an escalation there is checked by the gate alone."""
+
+    Wire = AnthropicWire
+    capabilities = anthropic.CAPABILITIES

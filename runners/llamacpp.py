@@ -13,26 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hardware.catalog import load_catalog, resolve_model_file
 from hardware.errors import ConfigError
-from runners.errors import ContextLengthExceeded, InvalidRequest, TierUnavailable
 from hardware.fit import LLAMA_OVERHEAD, Need, gguf_shape, kv_bytes_per_token
 from hardware.profile import Device
-from runners.base import Runner, register_runner, reject_guided
+from runners.answer import Answer, Choice, ChoiceDelta, Delta, TokenLogprob, TopLogprob, Usage
+from runners.base import Runner, RunnerStatus, register_runner
+from runners.capabilities import Capabilities
+from runners.errors import ContextLengthExceeded, InvalidRequest, TierUnavailable
 from runners.llama_engine import EngineOptions, Finished, LlamaEngine, Piece, SamplingParams, TokenInfo
-from runners.protocol import (
-    AssistantMessage,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    Choice,
-    ChoiceLogprobs,
-    ChunkChoice,
-    Delta,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-    new_completion_id,
-    now,
-)
+from runners.request import Request
 
 
 class LlamaCppOptions(BaseModel):
@@ -55,6 +43,7 @@ class LlamaCppRunner(Runner):
     kind = "llamacpp"
     Options = LlamaCppOptions
     options: LlamaCppOptions
+    capabilities = Capabilities(penalties=False, prompt=True)
 
     def model_file(self) -> Path:
         if self.model_name.endswith(".gguf"):
@@ -73,7 +62,7 @@ class LlamaCppRunner(Runner):
     async def start(self) -> None:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self._set_state("starting")
+        self.lifecycle.to("starting")
         try:
             opts = self.options
             engine_options = EngineOptions(
@@ -88,37 +77,46 @@ class LlamaCppRunner(Runner):
             bos, eos = self.engine.bos_eos()
             self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
         except Exception as exc:
-            self._set_state("failed", str(exc))
+            self.lifecycle.to("failed", str(exc))
             raise
-        self._set_state("ready")
+        self.lifecycle.to("ready")
 
     async def stop(self) -> None:
-        if self._state in ("ready", "failed") and hasattr(self, "engine"):
+        if self.lifecycle.state in ("ready", "failed") and hasattr(self, "engine"):
             await asyncio.to_thread(self.engine.close)
-        self._set_state("stopped")
+        self.lifecycle.to("stopped")
 
-    def status(self):
-        if self._state == "ready" and self.engine.failure:
-            self._set_state("failed", self.engine.failure)
-        return super().status()
+    def status(self) -> RunnerStatus:
+        """An engine that died shows as failed at once; `check` then moves the lifecycle for the supervisor."""
+        status = super().status()
+        failure = self._engine_failure()
+        if status.state == "ready" and failure:
+            return status.model_copy(update={"state": "failed", "detail": failure})
+        return status
+
+    async def check(self) -> None:
+        failure = self._engine_failure()
+        if self.lifecycle.state == "ready" and failure:
+            self.lifecycle.to("failed", failure)
+
+    def _engine_failure(self) -> str | None:
+        engine = getattr(self, "engine", None)
+        return engine.failure if engine is not None else None
 
     # -- request translation ---------------------------------------------------------------
-    def prepare(self, request: ChatCompletionRequest) -> tuple[list[int], SamplingParams]:
-        if self._state != "ready":
-            raise TierUnavailable(f"tier {self.tier} ({self.model_name}) is {self._state}; see GET /ready")
-        reject_guided(request, f"tier {self.tier} (llama.cpp)")
-        if request.presence_penalty or request.frequency_penalty:
-            raise InvalidRequest("presence_penalty and frequency_penalty are not supported by the llama.cpp runner",
-                                 param="presence_penalty" if request.presence_penalty else "frequency_penalty")
-        if request.top_logprobs and not request.logprobs:
-            raise InvalidRequest("top_logprobs needs logprobs=true", param="top_logprobs")
-        messages = [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in request.messages
-        ]
-        prompt_text = self._formatter(messages=messages).prompt
-        prompt = self.engine.tokenize(prompt_text, add_special=False, parse_special=True)
+    def prepare(self, request: Request) -> tuple[list[int], SamplingParams]:
+        if not self.serving():
+            state = self.status()
+            raise TierUnavailable(f"tier {self.tier} ({self.model_name}) is {state.state}; see GET /ready")
+        if request.prompt is not None:
+            prompt = self.engine.tokenize(request.prompt, add_special=True, parse_special=False)
+        else:
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                        for m in request.messages]
+            prompt_text = self._formatter(messages=messages).prompt
+            prompt = self.engine.tokenize(prompt_text, add_special=False, parse_special=True)
         n_ctx = self.options.n_ctx
-        limit = request.token_limit()
+        limit = request.max_tokens
         if len(prompt) >= n_ctx or (limit is not None and len(prompt) + limit > n_ctx):
             wanted = len(prompt) + (limit or 1)
             raise ContextLengthExceeded(
@@ -131,7 +129,7 @@ class LlamaCppRunner(Runner):
             top_p=1.0 if request.top_p is None else request.top_p,
             seed=request.seed,
             max_tokens=limit or n_ctx - len(prompt),
-            stop=tuple(request.stop_list()),
+            stop=tuple(request.stop),
             grammar=_grammar_for(request),
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs or 0,
@@ -139,7 +137,7 @@ class LlamaCppRunner(Runner):
         return prompt, params
 
     # -- answering --------------------------------------------------------------------------
-    async def complete(self, request: ChatCompletionRequest) -> ChatCompletion:
+    async def answer(self, request: Request) -> Answer:
         prompt, params = self.prepare(request)
         text: list[str] = []
         tokens: list[TokenInfo] = []
@@ -151,48 +149,26 @@ class LlamaCppRunner(Runner):
             else:
                 finished = event
         assert finished is not None
-        return ChatCompletion(
-            id=new_completion_id(),
-            created=now(),
-            model=self.model_name,
-            choices=[
-                Choice(
-                    message=AssistantMessage(content="".join(text)),
-                    finish_reason=finished.reason,
-                    logprobs=_logprobs(tokens) if params.logprobs else None,
-                )
-            ],
-            usage=_usage(finished),
-        )
+        choice = Choice(text="".join(text), finish_reason=finished.reason,
+                        logprobs=_logprobs(tokens) if params.logprobs else None)
+        return Answer(model=self.model_name, choices=[choice], usage=_usage(finished))
 
-    async def stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+    async def answer_stream(self, request: Request) -> AsyncIterator[Delta]:
         prompt, params = self.prepare(request)
-        include_usage = bool(request.stream_options and request.stream_options.include_usage)
-        ident, created = new_completion_id(), now()
-
-        def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
-            return ChatCompletionChunk(id=ident, created=created, model=self.model_name, choices=choices, usage=usage)
-
         generation = self.engine.generate(prompt, params)
         try:
-            first = True
             async for event in generation:
                 if isinstance(event, Piece):
-                    delta = Delta(role="assistant", content=event.text) if first else Delta(content=event.text)
-                    first = False
                     logprobs = _logprobs(event.tokens) if params.logprobs else None
-                    yield chunk([ChunkChoice(delta=delta, logprobs=logprobs)])
+                    yield Delta(choices=[ChoiceDelta(text=event.text, logprobs=logprobs)])
                 else:
-                    if first:
-                        yield chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
-                    yield chunk([ChunkChoice(delta=Delta(), finish_reason=event.reason)])
-                    if include_usage:
-                        yield chunk([], usage=_usage(event))
+                    yield Delta(choices=[ChoiceDelta(finish_reason=event.reason)])
+                    yield Delta(usage=_usage(event))
         finally:
             await generation.aclose()
 
 
-def _grammar_for(request: ChatCompletionRequest) -> str | None:
+def _grammar_for(request: Request) -> str | None:
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     schema = request.json_schema()
@@ -205,22 +181,10 @@ def _grammar_for(request: ChatCompletionRequest) -> str | None:
 
 
 def _usage(finished: Finished) -> Usage:
-    return Usage(
-        prompt_tokens=finished.prompt_tokens,
-        completion_tokens=finished.completion_tokens,
-        total_tokens=finished.prompt_tokens + finished.completion_tokens,
-    )
+    return Usage(prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens)
 
 
-def _logprobs(tokens: list[TokenInfo]) -> ChoiceLogprobs:
-    return ChoiceLogprobs(
-        content=[
-            TokenLogprob(
-                token=t.text,
-                logprob=t.logprob,
-                bytes=list(t.token_bytes),
-                top_logprobs=[TopLogprob(token=s, bytes=list(b), logprob=lp) for s, b, lp in t.top],
-            )
-            for t in tokens
-        ]
-    )
+def _logprobs(tokens: list[TokenInfo]) -> list[TokenLogprob]:
+    return [TokenLogprob(token=t.text, logprob=t.logprob, bytes=list(t.token_bytes),
+                         top_logprobs=[TopLogprob(token=s, bytes=list(b), logprob=lp) for s, b, lp in t.top])
+            for t in tokens]

@@ -1,7 +1,7 @@
-"""The OpenAI chat-completions wire, for every runner that forwards to such a server (vLLM, hosted APIs).
+"""HTTP to OpenAI-style servers, for every runner that forwards to one (vLLM, hosted APIs).
 
-- `request_payload`: the client's request as the backend's JSON body.
-- `OpenAIStream`: SSE lines in, chunks out, `[DONE]` and mid-stream error events included.
+The JSON itself is `runners/wire/openai_chat.py`'s; this module adds the transport:
+- `OpenAIStream`: SSE lines in, internal deltas out, `[DONE]` and mid-stream error events included.
 - `error_message`: the message of an error body, whichever shape the server uses.
 - `OpenAIEndpoint`: one pooled httpx client per endpoint (vLLM's; hosted APIs add retries of their own).
   Transport failures and error statuses become the product's named exceptions; the message names the
@@ -17,17 +17,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from runners.answer import Answer, Delta
 from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
-from runners.protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest
-
-
-def request_payload(request: ChatCompletionRequest, model: str, stream: bool) -> dict[str, Any]:
-    """The client's request as JSON for the backend, with the backend's model name."""
-    payload = request.model_dump(mode="json", exclude_none=True, by_alias=True)
-    payload.update(model=model, stream=stream)
-    if not stream:
-        payload.pop("stream_options", None)
-    return payload
+from runners.wire import openai_chat, openai_chat_protocol as wire
 
 
 def error_message(body: str) -> str:
@@ -61,7 +53,7 @@ class OpenAIStream:
     def __init__(self):
         self.done = False
 
-    def feed_line(self, line: str) -> list[ChatCompletionChunk]:
+    def feed_line(self, line: str) -> list[Delta]:
         if not line.startswith("data:"):
             return []
         data = line.removeprefix("data:").strip()
@@ -72,7 +64,7 @@ class OpenAIStream:
             event = json.loads(data)
             if isinstance(event, dict) and "error" in event:
                 raise RunnerFailed(f"failed mid-stream: {_message_of(event) or ''}")
-            return [ChatCompletionChunk.model_validate(event)]
+            return [openai_chat.from_chunk(wire.ChatCompletionChunk.model_validate(event))]
         except (ValueError, ValidationError) as exc:
             raise RunnerFailed(f"sent a stream event that is not valid: {exc}") from None
 
@@ -104,18 +96,19 @@ class OpenAIEndpoint:
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
         raise RunnerFailed(f"{self.where} answered HTTP {response.status_code}: {message}")
 
-    async def complete(self, payload: dict) -> ChatCompletion:
+    async def complete(self, payload: dict) -> Answer:
         try:
             response = await self.client.post("/chat/completions", json=payload)
         except httpx.HTTPError as exc:
             raise self.unreachable(exc) from None
         await self.raise_for_status(response)
         try:
-            return ChatCompletion.model_validate(response.json())
+            return openai_chat.from_completion(wire.ChatCompletion.model_validate(response.json()))
         except (ValueError, ValidationError) as exc:
             raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
 
-    async def stream(self, payload: dict) -> AsyncIterator[ChatCompletionChunk]:
+    async def stream(self, payload: dict) -> AsyncIterator[Delta]:
+        """Deltas until `[DONE]`; a stream that ends before it is an error, never a silently short answer."""
         parser = OpenAIStream()
         try:
             async with self.client.stream("POST", "/chat/completions", json=payload) as response:
@@ -131,3 +124,4 @@ class OpenAIEndpoint:
                         return
         except httpx.HTTPError as exc:
             raise self.unreachable(exc) from None
+        raise RunnerFailed(f"{self.where} ended the stream without [DONE]; the answer may be incomplete, retry the request")

@@ -10,6 +10,11 @@
   on shutdown; uvicorn turns SIGINT and SIGTERM into that shutdown.
 - `ready()` gates `/ready`: every tier is ready, except an `optional` one that is `not_configured`
   (a hosted API whose key is not exported), which is not retried and holds nothing back.
+- `replace()` puts a new runner in a tier's place once it is ready; the old one is no longer
+  supervised, so it is never restarted.
+
+The supervisor owns the tier -> runner map; everyone else asks it (`runner`, `tiers`). It changes a
+runner's state only through `Runner.mark_failed`.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ class _Restarts:
 
 class Supervisor:
     def __init__(self, runners: dict[int, Runner], source: str = "profile"):
-        self.runners = runners
+        self._runners = dict(runners)
         self.source = source
         self._watch: asyncio.Task | None = None
         self._restarts = {tier: _Restarts(r.placement.restart.backoff_s) for tier, r in runners.items()}
@@ -48,18 +53,19 @@ class Supervisor:
 
     async def start(self) -> None:
         if os.environ.get("TIER_RUNNER_SKIP_FIT_CHECK") != "1":
-            placements = check_fits(self.runners, self.source)
+            placements = check_fits(self._runners, self.source)
             for p in placements:
                 log.info("fit: %s holds tiers %s: needs %s of %s", p.where, p.tiers, gib(p.need), gib(p.capacity))
-        results = await asyncio.gather(*(r.start() for r in self.runners.values()), return_exceptions=True)
+        results = await asyncio.gather(*(r.start() for r in self._runners.values()), return_exceptions=True)
         fatal = [e for e in results if isinstance(e, ConfigError)]
         if fatal:
             await self.stop()
             raise fatal[0]
-        for (tier, runner), result in zip(self.runners.items(), results):
+        for (tier, runner), result in zip(self._runners.items(), results):
             if isinstance(result, BaseException):
                 log.error("tier %s (%s) failed to start, will retry: %s", tier, runner.kind, result)
-                runner._set_state("failed", f"{result.__class__.__name__}: {result}")
+                if runner.lifecycle.state != "failed":
+                    runner.mark_failed(f"{result.__class__.__name__}: {result}")
             status = runner.status()
             if status.state == "not_configured":
                 log.warning("tier %s (%s on %s) is not configured: %s; %s", tier, runner.model_name, runner.kind,
@@ -69,30 +75,46 @@ class Supervisor:
                 log.info("tier %s %s: %s on %s %s", tier, status.state, runner.model_name, runner.kind, status.detail)
         self._watch = asyncio.create_task(self._watch_loop())
 
+    def runner(self, tier: int) -> Runner | None:
+        return self._runners.get(tier)
+
+    def tiers(self) -> list[int]:
+        return sorted(self._runners)
+
     def ready(self) -> bool:
         """Every tier ready, but for optional ones that are not configured."""
-        return all(r.status().state == "ready" or (r.placement.optional and r.state == "not_configured")
-                   for r in self.runners.values())
+        return all(r.status().state == "ready" or (r.placement.optional and r.lifecycle.state == "not_configured")
+                   for r in self._runners.values())
 
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
             self._watch = None
-        await asyncio.gather(*(r.stop() for r in self.runners.values()), return_exceptions=True)
+        await asyncio.gather(*(r.stop() for r in self._runners.values()), return_exceptions=True)
 
-    async def replace(self, tier: int, runner: Runner) -> Runner | None:
-        """Start `runner`, then put it in place of the tier's current one (returned, still running).
-
-        The old runner keeps answering until the new one is ready; the caller stops it once the
-        requests that started on it have had time to finish.
-        """
-        await runner.start()
-        if runner.state != "ready":
+    async def replace(self, tier: int, runner: Runner, ready_timeout_s: float) -> Runner | None:
+        """Start `runner`, wait until it is ready, then put it in place of the tier's current one (returned,
+        still running: the caller drains and stops it). A runner that does not get ready is stopped and the
+        tier keeps its old one (ConfigError with the reason)."""
+        while tier in self._busy:  # a restart of the current runner is under way: let it finish first
+            await asyncio.sleep(0.1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ready_timeout_s
+        try:
+            await runner.start()
+            while runner.lifecycle.state == "starting" and loop.time() < deadline:
+                await asyncio.sleep(0.2)
+        except Exception as exc:
             await runner.stop()
-            raise ConfigError(f"tier {tier}: the new runner did not become ready: {runner.status().detail}")
-        old = self.runners.get(tier)
-        self.runners[tier] = runner
+            raise ConfigError(f"tier {tier}: the new runner failed to start: {exc.__class__.__name__}: {exc}") from None
+        if not runner.serving():
+            status = runner.status()
+            await runner.stop()
+            why = f"still {status.state} after {ready_timeout_s:.0f} s" if status.state == "starting" else status.state
+            raise ConfigError(f"tier {tier}: the new runner did not become ready ({why}): {status.detail}")
+        old = self._runners.get(tier)
+        self._runners[tier] = runner
         self._restarts[tier] = _Restarts(runner.placement.restart.backoff_s)
         return old
 
@@ -100,10 +122,10 @@ class Supervisor:
         return self._restarts[tier].attempts
 
     async def _watch_loop(self) -> None:
-        interval = min(r.placement.restart.check_interval_s for r in self.runners.values()) if self.runners else 1.0
+        interval = min(r.placement.restart.check_interval_s for r in self._runners.values()) if self._runners else 1.0
         while True:
             await asyncio.sleep(interval)
-            for tier, runner in self.runners.items():
+            for tier, runner in list(self._runners.items()):
                 if tier in self._busy:
                     continue
                 try:
@@ -113,8 +135,7 @@ class Supervisor:
                 self._consider(tier, runner)
 
     def _consider(self, tier: int, runner: Runner) -> None:
-        runner.status()  # a runner may notice its own failure here (llama.cpp's engine does)
-        state, now = runner.state, time.monotonic()
+        state, now = runner.lifecycle.state, time.monotonic()
         book = self._restarts[tier]
         policy = runner.placement.restart
         if state == "ready":
@@ -141,9 +162,10 @@ class Supervisor:
         log.warning("tier %s (%s): restart %d", tier, runner.kind, book.attempts)
         try:
             await runner.stop()
-            await runner.start()
+            if self._runners.get(tier) is runner:  # not replaced meanwhile: a retired runner is never restarted
+                await runner.start()
         except Exception as exc:
-            runner._set_state("failed", f"restart {book.attempts} failed: {exc.__class__.__name__}: {exc}")
+            runner.mark_failed(f"restart {book.attempts} failed: {exc.__class__.__name__}: {exc}")
         finally:
             book.next_at = 0.0
             book.backoff_s = min(book.backoff_s * 2, policy.backoff_max_s)

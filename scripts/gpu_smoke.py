@@ -24,7 +24,8 @@ from hardware.fit import check_fit  # noqa: E402
 from hardware.profile import Device, TierPlacement  # noqa: E402
 from runners.protocol import ChatCompletionRequest  # noqa: E402
 from runners.procs import group_alive  # noqa: E402
-from runners.vllm import VllmOptions, VllmRunner  # noqa: E402
+from runners.vllm import VllmRunner  # noqa: E402
+from runners.vllm_launch import VllmOptions  # noqa: E402
 
 
 async def main() -> int:

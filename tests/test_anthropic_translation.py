@@ -8,9 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from runners.capabilities import refuse_unsupported
 from runners.errors import InvalidRequest, RunnerFailed
-from runners.anthropic import JSON_INSTRUCTION, StreamTranslator, from_anthropic, to_anthropic
-from runners.protocol import ChatCompletionRequest
+from runners.wire.anthropic import CAPABILITIES, JSON_INSTRUCTION, StreamTranslator, from_anthropic, to_anthropic
+from runners.wire.openai_chat import ChunkWriter, to_completion, to_request
+from runners.wire.openai_chat_protocol import ChatCompletionRequest
 from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
 from tests.openai_schema import validate
 
@@ -19,7 +21,7 @@ message = st.builds(lambda role, content: {"role": role, "content": content},
                     st.sampled_from(["system", "developer", "user", "assistant"]), text)
 stops = st.one_of(st.none(), st.text(min_size=1, max_size=5), st.lists(st.text(min_size=1, max_size=5), max_size=4))
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "content_filter",
-                None: "stop"}
+                "tool_use": "tool_calls", None: "stop"}
 
 
 @st.composite
@@ -38,7 +40,8 @@ def requests(draw) -> ChatCompletionRequest:
 @settings(max_examples=300, deadline=None)
 @given(requests(), st.booleans())
 def test_request_translation_keeps_every_turn_and_setting(request, stream):
-    body = to_anthropic(request, "claude-x", default_max_tokens=777, stream=stream)
+    internal = to_request(request)
+    body = to_anthropic(internal, "claude-x", default_max_tokens=777, stream=stream)
     system = [m.content for m in request.messages if m.role in ("system", "developer") and m.content]
     if request.response_format is not None and request.response_format.type == "json_object":
         system.append(JSON_INSTRUCTION)
@@ -49,7 +52,8 @@ def test_request_translation_keeps_every_turn_and_setting(request, stream):
     said = [(m.role, m.content) for m in request.messages if m.role in ("user", "assistant") and m.content]
     assert [(t["role"], b["text"]) for t in turns for b in t["content"]] == said  # nothing lost, nothing reordered
     assert body["max_tokens"] == (request.max_tokens or 777)
-    assert body.get("stop_sequences") == (request.stop_list() or None)
+    stop = [request.stop] if isinstance(request.stop, str) else [s for s in request.stop or [] if s]
+    assert body.get("stop_sequences") == ([s for s in stop if s] or None)
     assert body.get("temperature") == request.temperature and body.get("top_p") == request.top_p
     assert body.get("stream") == (True if stream else None)
     assert "seed" not in body and body["model"] == "claude-x"
@@ -66,7 +70,9 @@ def test_untranslatable_parameters_are_a_400_naming_them(extra, param):
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                                                     **extra})
     with pytest.raises(InvalidRequest) as caught:
-        to_anthropic(request, "claude-x", 100, stream=False)
+        internal = to_request(request)
+        refuse_unsupported(internal, CAPABILITIES, "tier 1 (claude-x on the Anthropic Messages API)")
+        to_anthropic(internal, "claude-x", 100, stream=False)
     assert caught.value.param == param and param in caught.value.message
     assert caught.value.status_code == 400
 
@@ -84,7 +90,7 @@ blocks = st.lists(st.one_of(st.builds(lambda t: {"type": "text", "text": t}, tex
 def test_response_translation_is_a_valid_openai_completion(content, stop_reason, usage):
     message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x", "content": content,
                "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
-    completion = from_anthropic(message)
+    completion = to_completion(from_anthropic(message))
     validate(completion.model_dump(mode="json"), "CreateChatCompletionResponse")
     choice = completion.choices[0]
     assert choice.message.content == "".join(b["text"] for b in content if b["type"] == "text")
@@ -117,8 +123,8 @@ def test_stream_translation_matches_the_whole_message(pieces, stop_reason, usage
                {"type": "message_stop"}]
     for _ in range(rnd.randint(0, 3)):
         events.insert(rnd.randint(1, len(events) - 1), {"type": "ping"})
-    translator = StreamTranslator(include_usage=include_usage)
-    chunks = [c for line in sse(events) for c in translator.feed_line(line)]
+    translator, writer = StreamTranslator(), ChunkWriter("claude-x", include_usage)
+    chunks = [c for line in sse(events) for delta in translator.feed_line(line) for c in writer.chunks(delta)]
     assert translator.done
     for chunk in chunks:
         validate(chunk.model_dump(mode="json"), "CreateChatCompletionStreamResponse")
@@ -126,9 +132,9 @@ def test_stream_translation_matches_the_whole_message(pieces, stop_reason, usage
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "".join(pieces)
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert finishes == [STOP_REASONS[stop_reason]]
-    whole = from_anthropic({"id": "msg_1", "model": "claude-x", "content": [{"type": "text", "text": "".join(pieces)}],
+    whole = to_completion(from_anthropic({"id": "msg_1", "model": "claude-x", "content": [{"type": "text", "text": "".join(pieces)}],
                             "stop_reason": stop_reason, "usage": {"input_tokens": usage["input_tokens"],
-                                                                  "output_tokens": usage["output_tokens"]}})
+                                                                  "output_tokens": usage["output_tokens"]}}))
     if include_usage:
         assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
     else:
@@ -136,7 +142,7 @@ def test_stream_translation_matches_the_whole_message(pieces, stop_reason, usage
 
 
 def test_an_error_event_mid_stream_raises():
-    translator = StreamTranslator(include_usage=False)
+    translator = StreamTranslator()
     with pytest.raises(RunnerFailed, match="overloaded_error: Overloaded"):
         translator.feed({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
 

@@ -7,22 +7,25 @@ import time
 import numpy as np
 import pytest
 
-from runners.protocol import ChatCompletion, ChatCompletionRequest
+from runners.answer import Answer
+from runners.request import Request
+from runners.wire.openai_chat import from_completion, to_request
+from runners.wire.openai_chat_protocol import ChatCompletion, ChatCompletionRequest
 from tiers.cache.index import VectorIndex
 from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
 
 POLICY = CachePolicy(threshold=0.9, ttl_s=3600)
 
 
-def ask(text: str, system: str | None = None, **params) -> ChatCompletionRequest:
+def ask(text: str, system: str | None = None, **params) -> Request:
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    return ChatCompletionRequest(model="feature:faq", messages=messages, temperature=0, **params)
+    return to_request(ChatCompletionRequest(model="feature:faq", messages=messages, temperature=0, **params))
 
 
-def answer(text: str) -> ChatCompletion:
-    return ChatCompletion.model_validate({
+def answer(text: str) -> Answer:
+    return from_completion(ChatCompletion.model_validate({
         "id": "c1", "created": 1, "model": "m", "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-        "choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
+        "choices": [{"message": {"content": text}, "finish_reason": "stop"}]}))
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -42,7 +45,7 @@ async def put(cache, text, reply, request_id, policy=POLICY, **kw):
 
 async def get(cache, text, request_id="req_q", policy=POLICY, **kw):
     found = await cache.lookup("faq", ask(text, **kw), 3, "m", policy, request_id)
-    return found[0].choices[0].message.content if found else None
+    return found[0].first.text if found else None
 
 
 async def test_paraphrase_hits_and_unrelated_misses(cache):
@@ -50,7 +53,7 @@ async def test_paraphrase_hits_and_unrelated_misses(cache):
     found = await cache.lookup("faq", ask("How can I reset my password?"), 3, "m", POLICY, "req_2")
     assert found is not None
     completion, hit = found
-    assert completion.choices[0].message.content == "Use the reset link."
+    assert completion.first.text == "Use the reset link."
     assert 0.9 <= hit.similarity < 1.0 and completion.id != "c1"
     assert await get(cache, "What is the weather in Paris?") is None
     assert await get(cache, "How do I reset my router?") is None

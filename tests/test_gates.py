@@ -5,23 +5,26 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from runners.protocol import ChatCompletion, ChatCompletionRequest
+from runners.answer import Answer
+from runners.request import Request
+from runners.wire.openai_chat import from_completion
+from runners.wire.openai_chat_protocol import ChatCompletion
 from tiers.gates import GateSpec, run_gates
 
-REQUEST = ChatCompletionRequest(model="feature:x", messages=[{"role": "user", "content": "hi"}])
+REQUEST = Request(messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}])
 
 
-def answer(text: str, logprobs: list[tuple[float, float]] | None = None) -> ChatCompletion:
+def answer(text: str, logprobs: list[tuple[float, float]] | None = None) -> Answer:
     content = None
     if logprobs is not None:
         content = [{"token": "t", "logprob": lp, "top_logprobs": [{"token": "t", "logprob": lp},
                                                                   {"token": "u", "logprob": second}]}
                    for lp, second in logprobs]
-    return ChatCompletion.model_validate({
+    return from_completion(ChatCompletion.model_validate({
         "id": "c", "created": 0, "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         "choices": [{"message": {"content": text}, "finish_reason": "stop",
                      "logprobs": {"content": content} if content else None}],
-    })
+    }))
 
 
 def verdict(spec: dict, *texts: str, **kw):

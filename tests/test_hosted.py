@@ -13,7 +13,7 @@ from hardware.errors import ConfigError
 from runners.errors import TierUnavailable
 from hardware.profile import TierPlacement
 from runners.base import build_runner
-from runners.protocol import ChatCompletionRequest
+from runners.request import Request
 
 
 def hosted(**options):
@@ -73,7 +73,7 @@ def test_a_missing_key_is_not_configured_and_requests_name_the_variable():
     status = runner.status()
     assert status.state == "not_configured"
     assert "OPENAI_API_KEY is not set: export OPENAI_API_KEY=<your key>" in status.detail
-    request = ChatCompletionRequest.model_validate({"model": "tier:1", "messages": [{"role": "user", "content": "hi"}]})
+    request = Request.model_validate({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
     with pytest.raises(TierUnavailable, match="is not configured: environment variable OPENAI_API_KEY is not set"):
         runner._body(request, stream=False)
 

@@ -1,12 +1,14 @@
-"""The OpenAI wire shared by the vLLM and hosted runners: request body, SSE parsing, error bodies."""
+"""The OpenAI wire shared by the vLLM and hosted runners: request body, SSE parsing, error bodies, and the
+chat adapter both ways (a client's request in, our answer out)."""
 
 from __future__ import annotations
 
 import pytest
 
 from runners.errors import RunnerFailed
-from runners.openai_http import OpenAIStream, error_message, request_payload
-from runners.protocol import ChatCompletionRequest
+from runners.openai_http import OpenAIStream, error_message
+from runners.wire.openai_chat import to_payload, to_request
+from runners.wire.openai_chat_protocol import ChatCompletionRequest
 
 CHUNK = ('data: {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", '
          '"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": null}]}')
@@ -16,10 +18,10 @@ def test_payload_has_the_backends_model_and_no_stream_options_unless_streaming()
     request = ChatCompletionRequest.model_validate({
         "model": "feature:x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
         "stream": True, "stream_options": {"include_usage": True}})
-    streamed = request_payload(request, "gpt-4o-mini", stream=True)
+    streamed = to_payload(to_request(request), "gpt-4o-mini", stream=True)
     assert (streamed["model"], streamed["stream"], streamed["max_tokens"]) == ("gpt-4o-mini", True, 5)
     assert streamed["stream_options"] == {"include_usage": True}
-    whole = request_payload(request, "gpt-4o-mini", stream=False)
+    whole = to_payload(to_request(request), "gpt-4o-mini", stream=False)
     assert whole["stream"] is False and "stream_options" not in whole
     assert "temperature" not in whole  # only what the client sent
 
@@ -27,8 +29,8 @@ def test_payload_has_the_backends_model_and_no_stream_options_unless_streaming()
 def test_sse_lines_become_chunks_until_done():
     stream = OpenAIStream()
     assert stream.feed_line(": keep-alive") == [] and stream.feed_line("") == []
-    [chunk] = stream.feed_line(CHUNK)
-    assert chunk.choices[0].delta.content == "Hi" and not stream.done
+    [delta] = stream.feed_line(CHUNK)
+    assert delta.choices[0].text == "Hi" and not stream.done
     assert stream.feed_line("data: [DONE]") == [] and stream.done
 
 

@@ -43,9 +43,15 @@ def test_unknown_names_are_404_without_a_default(model):
         resolve_route(table(), model, None)
 
 
-def test_default_feature_catches_unknown_names():
-    route = resolve_route(table(default_feature="triage"), "feature:nope", None)
+def test_default_feature_serves_only_requests_that_name_no_feature():
+    route = resolve_route(table(default_feature="triage"), "gpt-4o", None)
     assert (route.tier, route.feature) == (3, "triage")
+
+
+@pytest.mark.parametrize(("model", "header"), [("feature:contrcts", None), ("gpt-4o", "contrcts")])
+def test_a_misspelt_feature_is_a_404_naming_close_names_even_with_a_default(model, header):
+    with pytest.raises(NotFound, match="did you mean feature:contracts"):
+        resolve_route(table(default_feature="triage"), model, header)
 
 
 def test_models_list_has_every_feature_and_tier():

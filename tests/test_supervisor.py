@@ -32,18 +32,18 @@ class FakeRunner(Runner):
         if self.fail_start:
             raise self.fail_start
         if self.unconfigured:
-            self._set_state("not_configured", "environment variable FAKE_KEY is not set")
+            self.lifecycle.to("not_configured", "environment variable FAKE_KEY is not set")
             return
-        self._set_state("ready")
+        self.lifecycle.to("ready")
 
     async def stop(self) -> None:
         self.stops += 1
-        self._set_state("stopped")
+        self.lifecycle.to("stopped")
 
-    async def complete(self, request):
+    async def answer(self, request):
         raise NotImplementedError
 
-    def stream(self, request):
+    def answer_stream(self, request):
         raise NotImplementedError
 
 
@@ -59,7 +59,7 @@ def test_config_error_at_start_stops_the_others_and_is_raised():
             await Supervisor({3: good, 2: bad}).start()
 
     run(go())
-    assert good.stops == 1 and good.state == "stopped"
+    assert good.stops == 1 and good.lifecycle.state == "stopped"
 
 
 def test_failed_runner_is_restarted_with_doubling_backoff():
@@ -69,12 +69,12 @@ def test_failed_runner_is_restarted_with_doubling_backoff():
         supervisor = Supervisor({2: runner})
         await supervisor.start()
         for _ in range(3):
-            runner._set_state("failed", "crashed")
+            runner.mark_failed("crashed")
             before = len(runner.starts)
             deadline = time.monotonic() + 5
             while len(runner.starts) == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            while runner.state != "ready" and time.monotonic() < deadline:
+            while runner.lifecycle.state != "ready" and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         await supervisor.stop()
         return supervisor.restarts(2)
@@ -82,7 +82,7 @@ def test_failed_runner_is_restarted_with_doubling_backoff():
     assert run(go()) == 3
     gaps = [b - a for a, b in zip(runner.starts, runner.starts[1:])]
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4  # 0.1, 0.2, 0.4 s (the max)
-    assert runner.state == "stopped"
+    assert runner.lifecycle.state == "stopped"
 
 
 def test_other_start_failures_leave_the_tier_failed_and_retried():
@@ -110,10 +110,77 @@ def test_a_tier_that_is_not_configured_is_not_retried_and_holds_ready_back_unles
         await supervisor.start()
         await asyncio.sleep(0.3)  # many check intervals and backoffs: a failed tier would have been restarted
         result = supervisor.ready()
-        hosted._set_state("failed", "crashed")  # optional covers only the lack of configuration
+        hosted.mark_failed("crashed")  # optional covers only the lack of configuration
         failed = supervisor.ready()
         await supervisor.stop()
         return result, failed
 
     assert run(go()) == (ready, False)
     assert len(hosted.starts) == 1
+
+
+class SlowRunner(FakeRunner):
+    """Ready `ready_after` seconds after start (like vLLM, which starts in the background); never when None."""
+
+    def __init__(self, tier: int, ready_after: float | None):
+        super().__init__(tier)
+        self.ready_after = ready_after
+
+    async def start(self) -> None:
+        self.starts.append(time.monotonic())
+        self.lifecycle.to("starting")
+        if self.ready_after is not None:
+            def ready() -> None:
+                if self.lifecycle.state == "starting":
+                    self.lifecycle.to("ready")
+
+            asyncio.get_running_loop().call_later(self.ready_after, ready)
+
+
+def test_replace_waits_until_the_new_runner_is_ready():
+    old, new = FakeRunner(2), SlowRunner(2, ready_after=0.3)
+
+    async def go():
+        supervisor = Supervisor({2: old})
+        await supervisor.start()
+        started = time.monotonic()
+        replaced = await supervisor.replace(2, new, ready_timeout_s=5)
+        waited = time.monotonic() - started
+        current = supervisor.runner(2)
+        await supervisor.stop()
+        return replaced, current, waited
+
+    replaced, current, waited = run(go())
+    assert replaced is old and current is new and waited >= 0.3
+    assert old.stops == 0  # the caller drains and stops the old runner, not the supervisor
+
+
+def test_replace_refuses_a_runner_that_never_gets_ready_and_keeps_the_old_one():
+    old, new = FakeRunner(2), SlowRunner(2, ready_after=None)
+
+    async def go():
+        supervisor = Supervisor({2: old})
+        await supervisor.start()
+        with pytest.raises(ConfigError, match=r"did not become ready \(still starting after 0 s\)"):
+            await supervisor.replace(2, new, ready_timeout_s=0.3)
+        current = supervisor.runner(2)
+        await supervisor.stop()
+        return current
+
+    assert run(go()) is old and new.stops == 1
+
+
+def test_a_replaced_runner_is_never_restarted():
+    old, new = FakeRunner(2, backoff_s=0.2), FakeRunner(2)
+
+    async def go():
+        supervisor = Supervisor({2: old})
+        await supervisor.start()
+        old.mark_failed("crashed")
+        await asyncio.sleep(0.05)  # the supervisor has seen it and scheduled a restart after its backoff
+        await supervisor.replace(2, new, ready_timeout_s=5)
+        await asyncio.sleep(0.6)  # past the backoff: a restart of the old runner would have happened by now
+        await supervisor.stop()
+
+    run(go())
+    assert len(old.starts) == 1 and len(new.starts) == 1

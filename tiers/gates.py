@@ -17,7 +17,8 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from runners.protocol import ChatCompletion, ChatCompletionRequest
+from runners.answer import Answer
+from runners.request import Request
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Verdict:
         return f"{self.gate}:{self.reason}"
 
 
-GateFn = Callable[[ChatCompletionRequest, list[ChatCompletion]], Verdict]
+GateFn = Callable[[Request, list[Answer]], Verdict]
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,8 @@ def gate_factory(name: str):
     return register
 
 
-def answer_text(completion: ChatCompletion) -> str:
-    return completion.choices[0].message.content or ""
+def answer_text(answer: Answer) -> str:
+    return answer.first.text or ""
 
 
 def normalize(text: str) -> str:
@@ -70,7 +71,7 @@ def json_schema(schema: dict[str, Any]) -> Gate:
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
 
-    def check(request: ChatCompletionRequest, answers: list[ChatCompletion]) -> Verdict:
+    def check(request: Request, answers: list[Answer]) -> Verdict:
         try:
             value = json.loads(answer_text(answers[0]))
         except json.JSONDecodeError:
@@ -88,7 +89,7 @@ def json_schema(schema: dict[str, Any]) -> Gate:
 def choices(labels: list[str]) -> Gate:
     allowed = {normalize(label) for label in labels}
 
-    def check(request: ChatCompletionRequest, answers: list[ChatCompletion]) -> Verdict:
+    def check(request: Request, answers: list[Answer]) -> Verdict:
         ok = normalize(answer_text(answers[0])) in allowed
         return Verdict("choices", ok, "ok" if ok else "not_a_label")
 
@@ -99,7 +100,7 @@ def choices(labels: list[str]) -> Gate:
 def regex(pattern: str) -> Gate:
     compiled = re.compile(pattern)
 
-    def check(request: ChatCompletionRequest, answers: list[ChatCompletion]) -> Verdict:
+    def check(request: Request, answers: list[Answer]) -> Verdict:
         ok = compiled.fullmatch(answer_text(answers[0]).strip()) is not None
         return Verdict("regex", ok, "ok" if ok else "no_match")
 
@@ -110,7 +111,7 @@ def regex(pattern: str) -> Gate:
 def consistency(k: int, m: int) -> Gate:
     """k samples; passes when at least m agree (after normalizing), and returns one of the majority."""
 
-    def check(request: ChatCompletionRequest, answers: list[ChatCompletion]) -> Verdict:
+    def check(request: Request, answers: list[Answer]) -> Verdict:
         keys = [normalize(answer_text(a)) for a in answers]
         majority, count = Counter(keys).most_common(1)[0]
         ok = count >= m
@@ -123,9 +124,8 @@ def consistency(k: int, m: int) -> Gate:
 def confidence(min_mean_logprob: float | None = None, min_top1_margin: float | None = None) -> Gate:
     """Mean token log-probability, or the smallest gap between the chosen and the runner-up token."""
 
-    def check(request: ChatCompletionRequest, answers: list[ChatCompletion]) -> Verdict:
-        logprobs = answers[0].choices[0].logprobs
-        tokens = logprobs.content if logprobs and logprobs.content else []
+    def check(request: Request, answers: list[Answer]) -> Verdict:
+        tokens = answers[0].first.logprobs or []
         if not tokens:
             return Verdict("confidence", False, "no_logprobs")
         if min_mean_logprob is not None:
@@ -183,7 +183,7 @@ class GateSpec(BaseModel):
         return gates
 
 
-def run_gates(gates: list[Gate], request: ChatCompletionRequest, answers: list[ChatCompletion]) -> Verdict:
+def run_gates(gates: list[Gate], request: Request, answers: list[Answer]) -> Verdict:
     """The first failing gate's verdict, or a pass that keeps the consistency gate's chosen answer."""
     chosen = 0
     for gate in gates:

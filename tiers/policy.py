@@ -1,10 +1,10 @@
-"""Per-feature policy: pick a tier without silent downgrades, run the gates, retry or escalate.
+"""Per-feature policy: run the gates, retry or escalate, and keep every attempt for the ledger.
 
 A Tier 2 (or gated Tier 3) answer that fails its gate is retried on the same tier `retries` times,
 then escalated to `escalate_to` (Tier 1 by default), whose answer is returned. The first attempt is
 asked exactly as the client asked; an escalation also asks for a json_schema gate's schema as
-structured output, so the stronger tier is held to the format the weaker one missed. A feature whose tier is
-down is served by another tier only if its `fallback` list names it, and the response says so.
+structured output, so the stronger tier is held to the format the weaker one missed (where that tier
+enforces json_schema at all). Which tier answers first is `tiers/dispatch.py`'s decision.
 """
 
 from __future__ import annotations
@@ -12,12 +12,17 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from runners.errors import TierUnavailable
+from runners.answer import Answer, Usage
 from runners.base import Runner
-from runners.protocol import ChatCompletion, ChatCompletionRequest, ResponseFormat, Usage
+from runners.errors import TierUnavailable
+from runners.request import Request, ResponseFormat
 from tiers.gates import Gate, Verdict, run_gates
-from tiers.routing import Route
+
+if TYPE_CHECKING:
+    from tiers.dispatch import Dispatch
+    from tiers.tier_runners import TierRunners
 
 
 @dataclass(frozen=True)
@@ -27,9 +32,11 @@ class Attempt:
     tier: int
     model: str
     role: str  # primary, retry or escalation
+    runner: str = ""
     verdict: Verdict | None = None
     usage: Usage | None = None
     latency_ms: float = 0.0
+    tool_calls: int = 0
 
     @property
     def summary(self) -> str:
@@ -39,7 +46,7 @@ class Attempt:
 
 @dataclass
 class Outcome:
-    completion: ChatCompletion
+    answer: Answer | None
     runner: Runner
     attempts: list[Attempt] = field(default_factory=list)
     downgraded: bool = False
@@ -56,38 +63,31 @@ class Outcome:
         return failed[0] if failed else (verdicts[-1] if verdicts else None)
 
 
-def pick_runner(route: Route, runners: dict[int, Runner], profile_name: str) -> tuple[Runner, bool]:
-    """The route's own tier if it is up; else the first ready tier in the feature's fallback list."""
-    own = runners.get(route.tier)
-    if own is not None and own.status().state == "ready":
-        return own, False
-    fallback = route.spec.fallback if route.spec else []
-    for tier in fallback:
-        runner = runners.get(tier)
-        if runner is not None and runner.status().state == "ready":
-            return runner, tier > route.tier
-    if own is None:
-        raise TierUnavailable(
-            f"tier {route.tier} is not served by profile {profile_name!r}; add a `tiers.{route.tier}` entry "
-            f"(runner, device, model) to the profile, or list another tier under this feature's `fallback`"
-        )
-    status = own.status()
-    detail = f": {status.detail}" if status.detail else ""
-    raise TierUnavailable(f"tier {route.tier} ({status.model}) is {status.state.replace('_', ' ')}{detail}; no fallback "
-                          f"is allowed for {route.label}, so it is not served by a cheaper tier")
+async def answer(d: Dispatch, request: Request, runners: TierRunners) -> Outcome:
+    """The dispatched runner's answer, through the feature's gates and cascade when it has any."""
+    if d.gated:
+        outcome = await _answer_gated(d, request, runners)
+    else:
+        started = time.perf_counter()
+        reply = await d.runner.complete(request)
+        attempt = Attempt(d.runner.tier, d.runner.model_name, "primary", d.runner.kind, usage=reply.usage,
+                          latency_ms=_ms_since(started), tool_calls=reply.tool_call_count)
+        outcome = Outcome(answer=reply, runner=d.runner, attempts=[attempt])
+    outcome.downgraded = d.downgraded
+    return outcome
 
 
-async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequest, runners: dict[int, Runner],
-                       profile_name: str) -> Outcome:
-    """Run the feature's gates on its tier, retrying and escalating as the routing table says."""
+async def _answer_gated(d: Dispatch, request: Request, runners: TierRunners) -> Outcome:
+    route, runner = d.route, d.runner
     assert route.spec is not None
     gates = route.spec.gates()
-    outcome = Outcome(completion=None, runner=runner)  # type: ignore[arg-type]
+    outcome = Outcome(answer=None, runner=runner)
     for role in ["primary"] + ["retry"] * route.spec.retries:
         started = time.perf_counter()
-        completion, verdict, usage = await _gated_call(runner, request, gates, seed_offset=len(outcome.attempts))
-        outcome.attempts.append(Attempt(runner.tier, runner.model_name, role, verdict, usage, _ms_since(started)))
-        outcome.completion = completion
+        reply, verdict, usage = await _gated_call(runner, request, gates, seed_offset=len(outcome.attempts))
+        outcome.attempts.append(Attempt(runner.tier, runner.model_name, role, runner.kind, verdict, usage,
+                                        _ms_since(started), reply.tool_call_count))
+        outcome.answer = reply
         if verdict.passed:
             return outcome
     target = route.spec.escalation_tier()
@@ -95,39 +95,42 @@ async def answer_gated(route: Route, runner: Runner, request: ChatCompletionRequ
         return outcome  # nothing stronger to ask: the failed verdict travels with the answer
     stronger = runners.get(target)
     why = f"{route.label} failed its gate on tier {runner.tier} ({outcome.verdict.header}) and must escalate to tier {target}"
-    if stronger is None or stronger.status().state != "ready":
+    if stronger is None or not stronger.serving():
         if stronger is None:
-            state = f"not served by profile {profile_name!r}"
+            state = f"not served by profile {runners.name!r}"
         else:
             status = stronger.status()
             state = status.state.replace("_", " ") + (f" ({status.detail})" if status.detail else "")
         raise TierUnavailable(f"{why}, which is {state}; the unverified answer is not returned")
     started = time.perf_counter()
     try:
-        asked = _with_gate_schema(request, gates) if getattr(stronger, "enforces_json_schema", True) else request
-        completion, verdict, usage = await _gated_call(stronger, asked, gates, seed_offset=0)
+        asked = _with_gate_schema(request, gates) if stronger.capabilities.json_schema else request
+        reply, verdict, usage = await _gated_call(stronger, asked, gates, seed_offset=0)
     except TierUnavailable as exc:
         raise TierUnavailable(f"{why}: {exc.message}; the unverified answer is not returned") from None
-    outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", verdict, usage, _ms_since(started)))
-    outcome.completion, outcome.runner = completion, stronger
+    outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", stronger.kind, verdict, usage,
+                                    _ms_since(started), reply.tool_call_count))
+    outcome.answer, outcome.runner = reply, stronger
     return outcome
 
 
-def _with_gate_schema(request: ChatCompletionRequest, gates: list[Gate]) -> ChatCompletionRequest:
+def _with_gate_schema(request: Request, gates: list[Gate]) -> Request:
     """Escalations ask the stronger tier for the gate's schema as structured output, unless the client chose a format."""
     schema = next((g.args["schema"] for g in gates if g.name == "json_schema"), None)
     if schema is None or request.response_format is not None:
         return request
-    response_format = {"type": "json_schema", "json_schema": {"name": "gate", "schema": schema}}
-    return request.model_copy(update={"response_format": ResponseFormat.model_validate(response_format)})
+    return request.model_copy(update={"response_format": ResponseFormat(type="json_schema", name="gate", schema=schema)})
 
 
-async def _gated_call(runner: Runner, request: ChatCompletionRequest, gates: list[Gate],
-                      seed_offset: int) -> tuple[ChatCompletion, Verdict, Usage]:
-    """One attempt: k samples for a consistency gate, else one; usage counts every sample's tokens."""
+async def _gated_call(runner: Runner, request: Request, gates: list[Gate], seed_offset: int) -> tuple[Answer, Verdict, Usage]:
+    """One attempt: k samples for a consistency gate, else one; usage counts every sample's tokens.
+
+    Log probabilities are asked for only where a gate needs them and the runner returns them (an
+    escalation to a tier without them is checked by the gate's verdict alone, never a 400 for a
+    parameter the client did not send)."""
     samples = max(g.samples for g in gates)
-    wants_logprobs = any(g.needs_logprobs for g in gates)
-    asked = request.model_copy(update={"stream": False, "stream_options": None})
+    wants_logprobs = any(g.needs_logprobs for g in gates) and runner.capabilities.logprobs
+    asked = request.model_copy(update={"stream": False})
     if wants_logprobs:
         asked = asked.model_copy(update={"logprobs": True, "top_logprobs": max(2, request.top_logprobs or 0)})
     if samples > 1:
@@ -141,13 +144,12 @@ async def _gated_call(runner: Runner, request: ChatCompletionRequest, gates: lis
             asked = asked.model_copy(update={"seed": request.seed + seed_offset})
         answers = [await runner.complete(asked)]
     verdict = run_gates(gates, request, answers)
-    completion = answers[verdict.chosen]
+    reply = answers[verdict.chosen]
     if wants_logprobs and not request.logprobs:
-        completion.choices[0].logprobs = None
-    usage = Usage(prompt_tokens=sum(a.usage.prompt_tokens for a in answers),
-                  completion_tokens=sum(a.usage.completion_tokens for a in answers),
-                  total_tokens=sum(a.usage.total_tokens for a in answers))
-    return completion, verdict, usage
+        for choice in reply.choices:
+            choice.logprobs = None
+    usage = sum((a.usage for a in answers), Usage())
+    return reply, verdict, usage
 
 
 def _ms_since(started: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from tiers.errors import NotFound
 from hardware.profile import TierNumber
 from tiers.cache.semantic import CachePolicy
 from tiers.gates import Gate, GateSpec
+from tiers.ledger.rows import spec_hash
 
 DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
 FEATURE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -50,6 +52,8 @@ class Feature(BaseModel):
     store_text: StoreText | None = Field(default=None, description="opt in to keep prompts and answers for evals")
     cache: CachePolicy | None = Field(default=None, description="semantic cache for repeated questions")
     _gates: list[Gate] = PrivateAttr(default_factory=list)
+    _spec_hash: str = PrivateAttr(default="")
+    _gate_hash: str | None = PrivateAttr(default=None)
     fallback: list[TierNumber] = Field(
         default_factory=list, description="other tiers allowed, in order, while this feature's tier is down"
     )
@@ -64,10 +68,22 @@ class Feature(BaseModel):
         if self.tier in self.fallback:
             raise ValueError("fallback lists other tiers; the feature's own tier is always tried first")
         self._gates = self.gate.build() if self.gate else []
+        self._spec_hash = spec_hash(self)
+        self._gate_hash = spec_hash([[g.name, g.args] for g in self._gates]) if self._gates else None
         return self
 
     def gates(self) -> list[Gate]:
         return self._gates
+
+    @property
+    def spec_hash(self) -> str:
+        """Short hash of this feature's whole spec: a ledger row says which instructions and gates were in force."""
+        return self._spec_hash
+
+    @property
+    def gate_hash(self) -> str | None:
+        """Short hash of the gates' names and arguments, so a failure rate ties to the exact gate settings."""
+        return self._gate_hash
 
     def escalation_tier(self) -> int | None:
         if self.gate is None or self.tier == 1:
@@ -113,7 +129,12 @@ class Route:
 
 
 def resolve_route(table: RoutingTable, model: str, header_feature: str | None) -> Route:
-    """`model` may be `feature:<name>` or `tier:<n>`; otherwise the X-Feature header, then the default."""
+    """`model` may be `feature:<name>` or `tier:<n>`; otherwise the X-Feature header, then the default.
+
+    A feature that is named (in `model` or the header) and not in the table is a 404 listing close
+    names, never the default feature: a typo must not be served silently by another feature's tier.
+    The default serves only requests that name no feature at all.
+    """
     if model.startswith("tier:"):
         number = model.removeprefix("tier:")
         if number not in ("1", "2", "3"):
@@ -130,12 +151,14 @@ def resolve_route(table: RoutingTable, model: str, header_feature: str | None) -
         name = header_feature or ""
     if name in table.features:
         return Route(tier=table.features[name].tier, feature=name, spec=table.features[name])
-    if table.default_feature is not None:
+    if not name and table.default_feature is not None:
         default = table.default_feature
         return Route(tier=table.features[default].tier, feature=default, spec=table.features[default])
+    close = difflib.get_close_matches(name, list(table.features), n=3, cutoff=0.6) if name else []
+    hint = f"did you mean {', '.join(f'feature:{c}' for c in close)}? " if close else ""
     shown = name or model
     raise NotFound(
-        f"feature {shown!r} is not in the routing table; use one of GET /v1/models, or add it to the table",
+        f"feature {shown!r} is not in the routing table; {hint}GET /v1/models lists the names, or add it to the table",
         param="model",
     )
 

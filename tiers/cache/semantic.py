@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections import OrderedDict
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runners.protocol import ChatCompletion, ChatCompletionRequest
+from runners.answer import Answer, new_id
+from runners.request import Request
 from tiers.cache.embedders import load_embedder
 from tiers.cache.store import Hit, MemoryCache, Policy, namespace
 
@@ -32,17 +32,17 @@ class CachePolicy(BaseModel):
         return Policy(self.threshold, self.ttl_s, self.max_entries, self.max_bytes)
 
 
-def cacheable(request: ChatCompletionRequest, policy: CachePolicy) -> bool:
-    if not request.messages or request.messages[-1].role != "user":
+def cacheable(request: Request, policy: CachePolicy) -> bool:
+    if request.prompt is None and (not request.messages or request.messages[-1].role != "user"):
         return False
     return request.temperature == 0 or policy.nondeterministic
 
 
-def key_material(request: ChatCompletionRequest, tier: int, model: str) -> dict:
-    """Everything that changes the answer, except the last user message (compared semantically)."""
-    fields = request.model_dump(mode="json", exclude={"messages", "model", "stream", "stream_options", "user"},
-                                exclude_none=True)
-    earlier = [m.model_dump(mode="json", exclude_none=True) for m in request.messages[:-1]]
+def key_material(request: Request, tier: int, model: str) -> dict:
+    """Everything that changes the answer (tools and tool_choice included), except the last user message or
+    the prompt, which is compared semantically."""
+    fields = request.model_dump(mode="json", exclude={"messages", "prompt", "stream", "user"}, exclude_defaults=True)
+    earlier = [m.model_dump(mode="json", exclude_defaults=True) for m in request.messages[:-1]]
     return {"tier": tier, "model": model, "context": earlier, "params": fields}
 
 
@@ -72,11 +72,11 @@ class SemanticCache:
         self._ready()
         self._embedder.embed(["warm up"])
 
-    async def lookup(self, feature: str, request: ChatCompletionRequest, tier: int, model: str,
-                     policy: CachePolicy, request_id: str) -> tuple[ChatCompletion, Hit] | None:
+    async def lookup(self, feature: str, request: Request, tier: int, model: str,
+                     policy: CachePolicy, request_id: str) -> tuple[Answer, Hit] | None:
         backend = self._ready()
         ns = namespace(feature, key_material(request, tier, model))
-        text = request.messages[-1].text()
+        text = request.last_user_text()
         hit = await asyncio.to_thread(backend.lookup, ns, text, lambda: self._embedder.embed([text])[0],
                                       policy.policy())
         if hit is None:
@@ -84,16 +84,16 @@ class SemanticCache:
         self._served_from[request_id] = hit.request_id
         while len(self._served_from) > 100_000:
             self._served_from.popitem(last=False)
-        cached = ChatCompletion.model_validate_json(hit.answer)
-        return cached.model_copy(update={"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time())}), hit
+        cached = Answer.model_validate_json(hit.answer)
+        return cached.model_copy(update={"id": new_id(), "created": int(time.time())}), hit
 
-    async def store(self, feature: str, request: ChatCompletionRequest, tier: int, model: str, policy: CachePolicy,
-                    completion: ChatCompletion, request_id: str) -> None:
+    async def store(self, feature: str, request: Request, tier: int, model: str, policy: CachePolicy,
+                    answer: Answer, request_id: str) -> None:
         backend = self._ready()
         ns = namespace(feature, key_material(request, tier, model))
-        text = request.messages[-1].text()
+        text = request.last_user_text()
         vector = (await asyncio.to_thread(self._embedder.embed, [text]))[0]
-        await asyncio.to_thread(backend.insert, ns, text, vector, completion.model_dump_json(), request_id,
+        await asyncio.to_thread(backend.insert, ns, text, vector, answer.model_dump_json(), request_id,
                                 policy.policy())
 
     def _existing(self):

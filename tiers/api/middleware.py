@@ -9,7 +9,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runners.protocol import ErrorBody, ErrorResponse
+from tiers.api.errors import ApiError, error_json
 
 access_log = logging.getLogger("tier_runner.requests")
 
@@ -99,9 +99,9 @@ class BodyLimitMiddleware:
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
         scope.setdefault("state", {})["error"] = "body_too_large"
-        error = ErrorBody(message=f"request body is larger than {self.max_bytes} bytes; send less, or raise max_body_bytes",
-                          type="invalid_request_error", code="request_too_large")
-        payload = json.dumps(ErrorResponse(error=error).model_dump()).encode()
+        error = ApiError(413, f"request body is larger than {self.max_bytes} bytes; send less, or raise max_body_bytes",
+                         "invalid_request_error", code="request_too_large")
+        payload = error_json(scope["path"], error)
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})

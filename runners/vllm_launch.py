@@ -1,0 +1,127 @@
+"""What a vLLM tier starts: the model folder, the command line, the environment and the memory it needs.
+
+Kept apart from `runners/vllm.py`, which runs and supervises the process and forwards requests to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hardware.detect import GiB
+from hardware.errors import ConfigError
+from hardware.fit import VLLM_HOST_OVERHEAD, Need, hf_shape, kv_bytes_per_token
+from hardware.profile import Device
+
+if TYPE_CHECKING:
+    from runners.vllm import VllmRunner
+
+
+class VllmOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = Field(default=None, pattern=r"^https?://",
+                            description="attach to a vLLM server already running at this /v1 root; nothing is started")
+    python: str = Field(default=".venv-vllm/bin/python",
+                        description="interpreter of the environment that has vLLM (relative to the working directory)")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default="auto", description="weights and compute dtype")
+    enforce_eager: bool = Field(default=False, description="--enforce-eager; needed for bf16 on CPU (else nonsense)")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs per replica (cuda devices from `index` on)")
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of each GPU's memory vLLM may take")
+    max_model_len: int | None = Field(default=None, ge=64, description="context window; default: the model's own")
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096, description="sequences decoded together")
+    cpu_kvcache_space_gib: int | None = Field(default=None, ge=1, le=1024,
+                                              description="VLLM_CPU_KVCACHE_SPACE: KV cache size on CPU, in GiB")
+    port: int | None = Field(default=None, ge=1, le=65535, description="port on 127.0.0.1; default a free one")
+    extra_args: list[str] = Field(default_factory=list, description="more vLLM server flags, passed as given")
+    env: dict[str, str] = Field(default_factory=dict, description="more environment variables for the server")
+    startup_timeout_s: float = Field(default=600, gt=0, description="longest wait for /health and /v1/models")
+    stop_timeout_s: float = Field(default=15, gt=0, description="wait after SIGTERM before SIGKILL of the group")
+    drain_timeout_s: float = Field(default=30, ge=0, description="wait for in-flight requests when stopping")
+    health_failures: int = Field(default=3, ge=1, le=100, description="failed health probes in a row that mean failed")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=300.0, gt=0, description="longest wait for the next byte of an answer")
+    max_connections: int = Field(default=64, ge=1)
+
+
+def model_source(tier: int, name: str) -> str:
+    """A catalog name resolves to its local folder; a path is used as is; anything else is an HF id (offline)."""
+    from hardware.catalog import load_catalog, resolve_model_file
+
+    catalog = load_catalog()
+    if name in catalog.models:
+        entry = catalog.models[name]
+        if entry.format != "hf":
+            raise ConfigError(f"tiers.{tier}.model: {name} is a {entry.format} file; vLLM needs a transformers "
+                              f"folder: convert it with `tier-runner models convert {name}` and use the converted entry")
+        return str(resolve_model_file(name, catalog))
+    path = Path(name).expanduser()
+    if path.is_absolute() or name.startswith("."):
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"tiers.{tier}.model: {path} is not a transformers folder (no config.json)")
+        return str(path)
+    return name  # an HF id: served only if it is already in the local HF cache (HF_HUB_OFFLINE=1)
+
+
+def memory_need(runner: VllmRunner) -> Need | None:
+    """Weights, KV cache and vLLM's own processes; an attached server (url) is not ours to place."""
+    if runner.options.url:
+        return None
+    device = runner.device or Device(kind="cpu")
+    folder = Path(model_source(runner.tier, runner.model_name))
+    if not (folder / "config.json").is_file():
+        return Need(runner.tier, runner.placement.device or "cpu", device, 0, 0, VLLM_HOST_OVERHEAD,
+                    note="an HF id: its size is unknown until vLLM loads it")
+    weights, layers, kv_heads, head_dim = hf_shape(folder)
+    if device.kind == "cpu":
+        kv = (runner.options.cpu_kvcache_space_gib or 4) * GiB  # vLLM's CPU default is 4 GiB
+        return Need(runner.tier, runner.placement.device or "cpu", device, weights, kv, VLLM_HOST_OVERHEAD)
+    length = runner.options.max_model_len or _max_positions(folder)
+    kv = kv_bytes_per_token(layers, kv_heads, head_dim) * length
+    return Need(runner.tier, runner.placement.device, device, weights // runner.options.tensor_parallel_size,
+                kv // runner.options.tensor_parallel_size, VLLM_HOST_OVERHEAD,
+                gpu_fraction=runner.options.gpu_memory_utilization)
+
+
+def python(runner: VllmRunner) -> str:
+    python = Path(runner.options.python).expanduser()
+    if not os.access(python, os.X_OK):
+        raise ConfigError(f"tiers.{runner.tier}.python: {python} is not an executable; create the vLLM environment "
+                          "with `make vllm-setup`, or point `python` at an interpreter that has vLLM")
+    return str(python)
+
+
+def command(runner: VllmRunner, model: str, port: int) -> list[str]:
+    opts = runner.options
+    cmd = [python(runner), "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+           "--served-model-name", runner.model_name, "--host", "127.0.0.1", "--port", str(port),
+           "--dtype", opts.dtype, "--tensor-parallel-size", str(opts.tensor_parallel_size),
+           "--disable-uvicorn-access-log"]
+    if runner.device is not None and runner.device.kind == "cuda":
+        cmd += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
+    if opts.max_model_len:
+        cmd += ["--max-model-len", str(opts.max_model_len)]
+    if opts.max_num_seqs:
+        cmd += ["--max-num-seqs", str(opts.max_num_seqs)]
+    if opts.enforce_eager:
+        cmd.append("--enforce-eager")
+    return cmd + list(opts.extra_args)
+
+
+def environment(runner: VllmRunner) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    if runner.options.cpu_kvcache_space_gib:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(runner.options.cpu_kvcache_space_gib)
+    if runner.device is not None and runner.device.kind == "cuda":
+        first = runner.device.index or 0
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(runner.options.tensor_parallel_size))
+    return {**env, **runner.options.env}
+
+
+def _max_positions(folder: Path) -> int:
+    config = json.loads((folder / "config.json").read_text())
+    return int(config.get("text_config", config).get("max_position_embeddings", 4096))

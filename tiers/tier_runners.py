@@ -1,0 +1,100 @@
+"""The runners of the active profile, by tier: built from the profile, started and supervised, swapped live.
+
+A swap (a promoted model, an edited placement) starts the new runner first and waits until it is
+ready, with a timeout, while the old one keeps serving; only then does the new one take the tier.
+The old runner is retired: it gets no new requests, finishes what it has (drains), then stops, and
+the supervisor never restarts it. Swaps are serialised by the caller (`LiveConfig`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from hardware.errors import ConfigError
+from hardware.profile import Price, Profile, TierPlacement, load_profile
+from runners.base import Runner, build_runner
+from runners.supervisor import Supervisor
+
+log = logging.getLogger("tier_runner.tiers")
+
+
+class TierRunners:
+    def __init__(self, profile_ref: str | Path, *, ready_timeout_s: float = 900.0, drain_timeout_s: float = 600.0):
+        self.path, self.profile = load_profile(profile_ref)
+        runners = {tier: build_runner(tier, placement, str(self.path), self.profile.devices)
+                   for tier, placement in self.profile.tiers.items()}
+        self.supervisor = Supervisor(runners, str(self.path))
+        self.ready_timeout_s = ready_timeout_s
+        self.drain_timeout_s = drain_timeout_s
+        self._retiring: set[asyncio.Task] = set()
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def get(self, tier: int) -> Runner | None:
+        return self.supervisor.runner(tier)
+
+    def tiers(self) -> list[int]:
+        return self.supervisor.tiers()
+
+    def price(self, tier: int) -> Price:
+        runner = self.get(tier)
+        return runner.placement.price if runner is not None else Price()
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+
+    async def stop(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await self.supervisor.stop()
+
+    async def swap_changed(self) -> list[int]:
+        """Re-read the profile and swap in a new runner for each tier whose placement changed.
+
+        Adding or removing a tier needs a restart. A tier whose new runner fails to start or get ready
+        keeps its old runner and the reload is rejected with the reason; tiers swapped before it stay
+        swapped, and the next reload compares against what is really serving.
+        """
+        _, profile = load_profile(self.path)
+        if set(profile.tiers) != set(self.profile.tiers):
+            raise ConfigError(f"{self.path}: tiers were added or removed; restart the server for that")
+        changed = [t for t in sorted(profile.tiers) if profile.tiers[t] != self._serving_placement(t)]
+        swapped: list[int] = []
+        for tier in changed:
+            fresh = build_runner(tier, profile.tiers[tier], str(self.path), profile.devices)
+            old = await self.supervisor.replace(tier, fresh, self.ready_timeout_s)
+            log.info("tier %s now serves %s (was %s)", tier, fresh.model_name, old.model_name if old else "none")
+            swapped.append(tier)
+            self._record(profile, tier)
+            if old is not None:
+                self._retire(old)
+        self.profile = self.profile.model_copy(update={"devices": profile.devices, "description": profile.description})
+        return swapped
+
+    def _serving_placement(self, tier: int) -> TierPlacement:
+        runner = self.get(tier)
+        return runner.placement if runner is not None else self.profile.tiers[tier]
+
+    def _record(self, profile: Profile, tier: int) -> None:
+        tiers = {**self.profile.tiers, tier: profile.tiers[tier]}
+        self.profile = self.profile.model_copy(update={"tiers": tiers})
+
+    def _retire(self, runner: Runner) -> None:
+        """Stop a replaced runner once the requests that started on it have finished (or the drain timed out)."""
+        async def drain_then_stop() -> None:
+            deadline = asyncio.get_running_loop().time() + self.drain_timeout_s
+            while runner.in_flight and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.1)
+            if runner.in_flight:
+                log.warning("tier %s: retired runner %s still had %d requests after %.0f s; stopping it", runner.tier,
+                            runner.model_name, runner.in_flight, self.drain_timeout_s)
+            await runner.stop()
+
+        task = asyncio.create_task(drain_then_stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
