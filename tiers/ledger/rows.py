@@ -99,9 +99,9 @@ def new_attempt_id() -> str:
 
 def error_row(request_id: str, route: str, feature: str | None, declared_tier: int | None,
               exc: TierRunnerError | None, *, status: int, error_type: str, latency_ms: float,
-              client_key_id: str | None = None) -> LedgerRow:
+              client_key_id: str | None = None, api: Api = "chat") -> LedgerRow:
     """A request that failed before any tier answered still leaves exactly one row."""
-    return LedgerRow(attempt_id=new_attempt_id(), request_id=request_id, ts=time.time(), route=route,
+    return LedgerRow(attempt_id=new_attempt_id(), request_id=request_id, ts=time.time(), route=route, api=api,
                      feature=feature, declared_tier=declared_tier, client_key_id=client_key_id,
                      latency_ms=latency_ms, error_type=error_type or (exc.code if exc else None), http_status=status)
 
