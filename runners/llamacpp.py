@@ -69,7 +69,8 @@ class LlamaCppRunner(Runner):
                 threads=opts.thread_count(), n_ctx=opts.n_ctx, max_batch=opts.max_batch, n_batch=opts.n_batch,
                 max_queue=opts.max_queue, kv_unified=opts.kv_unified,
             )
-            self.engine = LlamaEngine(self.model_file(), engine_options)
+            model = await asyncio.to_thread(self.model_file)  # a first use joins and hashes the file: not on the loop
+            self.engine = LlamaEngine(model, engine_options)
             await asyncio.to_thread(self.engine.load)
             template = self.engine.chat_template()
             if template is None:
