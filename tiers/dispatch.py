@@ -32,10 +32,6 @@ class Dispatch:
     runner: Runner
     downgraded: bool
 
-    @property
-    def gated(self) -> bool:
-        return bool(self.route.spec and self.route.spec.gates())
-
 
 def choose(route: Route, runners: TierRunners, *, excluding: Runner | None = None) -> tuple[Runner, bool]:
     """The route's own tier if it is serving; else the first serving tier in the feature's fallback list."""

@@ -1,5 +1,8 @@
 """Quality gates: plain functions of (request, answers) -> verdict, made by registered factories.
 
+`tool_call` is built in: the policy adds it to every feature request that offers tools; the others are
+named in a feature's `gate`.
+
 A gate sees one answer, or k answers when it declares `samples` > 1 (consistency). The verdict names
 the gate and its settings, so a ledger row or a header says exactly which check ran and why it failed.
 """
@@ -83,6 +86,48 @@ def json_schema(schema: dict[str, Any]) -> Gate:
         return Verdict("json_schema", True)
 
     return Gate("json_schema", {"schema": schema}, check)
+
+
+@gate_factory("tool_call")
+def tool_call() -> Gate:
+    """Built in for every request that offers tools: each call names an offered function, its arguments parse
+    and match that function's parameters schema, and the call honours `tool_choice`. The tools come with the
+    request, so the gate has no settings of its own."""
+
+    def check(request: Request, answers: list[Answer]) -> Verdict:
+        choice = request.tool_choice
+        for c in answers[0].choices:
+            if not c.tool_calls:
+                if choice is not None and choice.mode in ("required", "function"):
+                    return Verdict("tool_call", False, "no_call")
+                continue
+            if choice is not None and choice.mode == "none":
+                return Verdict("tool_call", False, "call_with_tool_choice_none")
+            for call in c.tool_calls:
+                reason = _call_problem(request, call.name, call.arguments)
+                if reason is not None:
+                    return Verdict("tool_call", False, reason)
+        return Verdict("tool_call", True)
+
+    return Gate("tool_call", {}, check)
+
+
+def _call_problem(request: Request, name: str, arguments: str) -> str | None:
+    tool = request.tool(name)
+    choice = request.tool_choice
+    if tool is None:
+        return "unknown_function"
+    if choice is not None and choice.mode == "function" and choice.name != name:
+        return f"not_the_chosen_function@{name}"
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return f"invalid_json@{name}"
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(tool.parameters).iter_errors(value))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "root"
+        return f"schema_violation@{name}/{where}"
+    return None
 
 
 @gate_factory("choices")

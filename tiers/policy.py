@@ -5,6 +5,10 @@ then escalated to `escalate_to` (Tier 1 by default), whose answer is returned. T
 asked exactly as the client asked; an escalation also asks for a json_schema gate's schema as
 structured output, so the stronger tier is held to the format the weaker one missed (where that tier
 enforces json_schema at all). Which tier answers first is `tiers/dispatch.py`'s decision.
+
+A feature request that offers tools is gated by the built-in `tool_call` check as well (after the
+feature's own gates), so a bad call retries and escalates like any failed answer, to Tier 1 by
+default even when the feature declares no gate of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from runners.answer import Answer, Usage
 from runners.base import Runner
 from runners.errors import TierUnavailable
 from runners.request import Request, ResponseFormat
-from tiers.gates import Gate, Verdict, run_gates
+from tiers.gates import GATES, Gate, Verdict, run_gates
 
 if TYPE_CHECKING:
     from tiers.dispatch import Dispatch
@@ -63,9 +67,17 @@ class Outcome:
         return failed[0] if failed else (verdicts[-1] if verdicts else None)
 
 
+def gates(d: Dispatch, request: Request) -> list[Gate]:
+    """The checks this request's answer must pass: the feature's own, and `tool_call` when tools are offered."""
+    spec = d.route.spec
+    if spec is None:
+        return []
+    return spec.gates() + ([GATES["tool_call"]()] if request.tools else [])
+
+
 async def answer(d: Dispatch, request: Request, runners: TierRunners) -> Outcome:
     """The dispatched runner's answer, through the feature's gates and cascade when it has any."""
-    if d.gated:
+    if gates(d, request):
         outcome = await _answer_gated(d, request, runners)
     else:
         started = time.perf_counter()
@@ -80,17 +92,17 @@ async def answer(d: Dispatch, request: Request, runners: TierRunners) -> Outcome
 async def _answer_gated(d: Dispatch, request: Request, runners: TierRunners) -> Outcome:
     route, runner = d.route, d.runner
     assert route.spec is not None
-    gates = route.spec.gates()
+    checks = gates(d, request)
     outcome = Outcome(answer=None, runner=runner)
     for role in ["primary"] + ["retry"] * route.spec.retries:
         started = time.perf_counter()
-        reply, verdict, usage = await _gated_call(runner, request, gates, seed_offset=len(outcome.attempts))
+        reply, verdict, usage = await _gated_call(runner, request, checks, seed_offset=len(outcome.attempts))
         outcome.attempts.append(Attempt(runner.tier, runner.model_name, role, runner.kind, verdict, usage,
                                         _ms_since(started), reply.tool_call_count))
         outcome.answer = reply
         if verdict.passed:
             return outcome
-    target = route.spec.escalation_tier()
+    target = route.spec.escalation_tier() or (1 if route.tier > 1 else None)  # no own gate: tool_call failed
     if target is None or target == runner.tier:
         return outcome  # nothing stronger to ask: the failed verdict travels with the answer
     stronger = runners.get(target)
@@ -104,8 +116,8 @@ async def _answer_gated(d: Dispatch, request: Request, runners: TierRunners) -> 
         raise TierUnavailable(f"{why}, which is {state}; the unverified answer is not returned")
     started = time.perf_counter()
     try:
-        asked = _with_gate_schema(request, gates) if stronger.capabilities.json_schema else request
-        reply, verdict, usage = await _gated_call(stronger, asked, gates, seed_offset=0)
+        asked = _with_gate_schema(request, checks) if stronger.capabilities.json_schema else request
+        reply, verdict, usage = await _gated_call(stronger, asked, checks, seed_offset=0)
     except TierUnavailable as exc:
         raise TierUnavailable(f"{why}: {exc.message}; the unverified answer is not returned") from None
     outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", stronger.kind, verdict, usage,
@@ -125,11 +137,17 @@ def _with_gate_schema(request: Request, gates: list[Gate]) -> Request:
 async def _gated_call(runner: Runner, request: Request, gates: list[Gate], seed_offset: int) -> tuple[Answer, Verdict, Usage]:
     """One attempt: k samples for a consistency gate, else one; usage counts every sample's tokens.
 
-    Log probabilities are asked for only where a gate needs them and the runner returns them (an
-    escalation to a tier without them is checked by the gate's verdict alone, never a 400 for a
-    parameter the client did not send)."""
+    Log probabilities are asked for only where a gate needs them. A tier that returns none (Anthropic)
+    is judged by its other gates only, or marked `unchecked_no_logprobs`: never a 400 for a parameter
+    the client did not send, and never a failure for something the tier cannot give."""
+    if not runner.capabilities.logprobs:
+        checkable = [g for g in gates if not g.needs_logprobs]
+        if not checkable:  # nothing this tier's answer can be judged by: say so rather than fail it
+            reply = await runner.complete(request.model_copy(update={"stream": False}))
+            return reply, Verdict("+".join(g.name for g in gates), True, "unchecked_no_logprobs"), reply.usage
+        gates = checkable
     samples = max(g.samples for g in gates)
-    wants_logprobs = any(g.needs_logprobs for g in gates) and runner.capabilities.logprobs
+    wants_logprobs = any(g.needs_logprobs for g in gates)
     asked = request.model_copy(update={"stream": False})
     if wants_logprobs:
         asked = asked.model_copy(update={"logprobs": True, "top_logprobs": max(2, request.top_logprobs or 0)})

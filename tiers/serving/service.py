@@ -17,12 +17,14 @@ from hardware.errors import TierRunnerError
 from runners.answer import Answer, Delta, deltas_from_answer, replay
 from runners.errors import InvalidRequest
 from runners.request import Request
+from runners.request_checks import check_request
 from tiers import dispatch
 from tiers.auth import Access
 from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
 from tiers.cache.store import Hit
 from tiers.dispatch import Dispatch
 from tiers.live_config import LiveConfig
+from tiers.policy import gates as policy_gates
 from tiers.recorder import Recorder
 from tiers.serving import records
 from tiers.serving.records import Call, Summary
@@ -63,6 +65,7 @@ class Service:
             if len(request.messages) > self.max_messages:
                 raise InvalidRequest(f"{len(request.messages)} messages is more than the {self.max_messages} allowed; "
                                      f"send a shorter conversation", param="messages")
+            check_request(request)
             d = dispatch.dispatch(self.config.routing, self.runners, call.model, call.header_feature)
             summary.fields["feature"] = d.route.label
             self.access.admit(call.client_key, d.route)
@@ -73,7 +76,7 @@ class Service:
                                                 call.request_id)
                 if found is not None:
                     return self._cache_hit(call, request, d, started, summary, *found)
-            if request.stream and not d.gated:
+            if request.stream and not policy_gates(d, request):
                 return await self._stream(call, request, d, started, summary, policy)
             outcome = await dispatch.complete(d, request, self.runners)
         except TierRunnerError as exc:
