@@ -201,8 +201,9 @@ def promote_command(suite_spec, limit, concurrency, store_path, profile, routing
         click.echo(f"promotion would pass (decision #{decision_id}); --dry-run: the profile is unchanged", err=True)
         return
     click.echo(f"promoted {candidate} onto tier {tier} in {profile_file} (previous file: {details['backup']}; "
-               f"decision #{decision_id}). A running gateway live-reloads only the routing table: restart "
-               f"`tier-runner serve` to serve the new model.", err=True)
+               f"decision #{decision_id}). A gateway serving this profile swaps tier {tier} to it once the new "
+               f"runner is ready (it watches the file; POST /admin/reload does it at once); until then the old "
+               f"model serves. GET /ready shows which model tier {tier} serves.", err=True)
 
 
 def _escape(text: str) -> str:

@@ -107,6 +107,11 @@ class Runner(ABC):
     async def stop(self) -> None:
         """Release the backend; in-flight requests end with an error."""
 
+    @property
+    def startup_timeout_s(self) -> float:
+        """How long a live swap waits for this runner to get ready before it keeps the old one."""
+        return 300.0
+
     def memory_need(self) -> Need | None:
         """What this tier takes on its device, for the fit check before start; None: nothing local."""
         return None
@@ -134,6 +139,11 @@ class Runner(ABC):
         finally:
             self.in_flight -= 1
             await deltas.aclose()
+
+    async def count_tokens(self, request: Request) -> int | None:
+        """The prompt's length in the backend's own tokens (chat template and tools included); None where the
+        backend has no tokenizer to ask, and the caller estimates."""
+        return None
 
     @abstractmethod
     async def answer(self, request: Request) -> Answer:

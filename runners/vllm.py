@@ -50,6 +50,10 @@ class VllmRunner(Runner):
         self.base_url = ""
         self.started_s: float | None = None  # seconds from spawn to ready, for logs and the README figures
 
+    @property
+    def startup_timeout_s(self) -> float:
+        return self.options.startup_timeout_s + 30  # it marks itself failed at its own timeout first
+
     def model_source(self) -> str:
         return launch.model_source(self.tier, self.model_name)
 

@@ -1,7 +1,9 @@
 """A real HTTP proxy on 127.0.0.1 that injects faults in front of a real upstream, one planned fault per request.
 
 Faults: `Fault.status(429, retry_after=2)`, `Fault.status(500)`, `Fault.stall(5)` (no answer for 5 s),
-`Fault.cut(after_lines=3)` (forward the upstream's stream, then drop the connection), and
+`Fault.cut(after_lines=3)` (forward the upstream's stream, then drop the connection),
+`Fault.no_done()` (forward the stream but end it cleanly without its `[DONE]` line),
+`Fault.empty_stream()` (a 200 event stream that is only `[DONE]`), and
 `Fault.echo_key()` (a 401 whose message repeats the key the client sent, as some providers do).
 With no fault planned, the request passes through untouched.
 """
@@ -46,6 +48,14 @@ class Fault:
     @classmethod
     def echo_key(cls) -> Fault:
         return cls("echo_key")
+
+    @classmethod
+    def no_done(cls) -> Fault:
+        return cls("no_done")
+
+    @classmethod
+    def empty_stream(cls) -> Fault:
+        return cls("empty_stream")
 
 
 @dataclass
@@ -106,6 +116,8 @@ class FaultProxy:
             error = {"type": "error", "error": {"type": "authentication_error",
                                                 "message": f"Incorrect API key provided: {sent}"}}
             return JSONResponse(error, status_code=401)
+        if fault.kind == "empty_stream":
+            return Response("data: [DONE]\n\n", media_type="text/event-stream")
         headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
         client = httpx.AsyncClient(timeout=120)
         upstream = await client.send(client.build_request(request.method, self.upstream + request.url.path,
@@ -115,6 +127,8 @@ class FaultProxy:
             try:
                 lines = 0
                 async for line in upstream.aiter_lines():
+                    if fault.kind == "no_done" and line.strip() == "data: [DONE]":
+                        return
                     yield line + "\n"
                     if fault.kind == "cut" and line.startswith("data:"):
                         lines += 1

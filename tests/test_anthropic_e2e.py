@@ -58,6 +58,9 @@ tiers:
 features:
   field-extraction:
     {{tier: 3, value: revenue, owner: ops, failure_cost_usd: 20, escalate_to: 1, gate: {{json_schema: {json.dumps(PERSON)}}}}}
+  sure-answer:
+    {{tier: 3, value: revenue, owner: ops, failure_cost_usd: 20, escalate_to: 1,
+      gate: {{confidence: {{min_mean_logprob: -0.000001}}}}}}
 """)
     proc = ServerProcess("--profile", str(root / "profile.yaml"), "--routing", str(root / "routing.yaml"),
                          env={KEY_ENV: MASTER_KEY}, log_path=root / "gateway.log")
@@ -181,3 +184,15 @@ def test_a_gate_escalation_to_anthropic_asks_without_json_schema_and_the_gate_st
     assert primary.startswith("primary:tier3:tier:3:json_schema:") and not primary.endswith(":ok")
     assert escalation.startswith(f"escalation:tier1:{MODEL}:json_schema:")
     assert response.headers["x-tier"] == "1" and response.headers["x-escalated"] == "true"
+
+
+def test_a_confidence_gate_escalates_to_anthropic_without_asking_it_for_logprobs(client, gateway):
+    """Tier 3 returns logprobs and fails the (unpassable) gate; Tier 1 on Anthropic has no logprobs, so the
+    escalation must not ask for them (a 400 for a parameter the client never sent) nor fail on their absence."""
+    raw = client.chat.completions.with_raw_response.create(model="feature:sure-answer", messages=QUESTION,
+                                                           temperature=0, max_tokens=8)
+    assert raw.headers["x-escalated"] == "true" and raw.headers["x-tier"] == "1"
+    assert raw.headers["x-gate"].startswith("confidence:mean_logprob_")  # why it escalated: Tier 3's verdict
+    attempts = raw.headers["x-attempts"].split(",")
+    assert attempts[-1].startswith("escalation:tier1:") and attempts[-1].endswith("unchecked_no_logprobs")
+    assert raw.parse().choices[0].logprobs is None  # the client did not ask for them

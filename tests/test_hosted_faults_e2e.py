@@ -203,3 +203,28 @@ def test_the_api_key_is_sent_but_never_shown(gateway, proxy):
     assert SECRET_KEY not in response.text
     assert SECRET_KEY not in httpx.get(f"{gateway.base_url}/ready").text
     assert SECRET_KEY not in gateway.output()
+
+
+def test_a_stream_whose_tier_fails_before_the_first_byte_gets_the_declared_fallback(gateway, proxy):
+    proxy.plan[:] = [Fault.status(500)] * 3  # every attempt fails: tier 1 is unavailable for this request
+    body = {"model": "feature:contract-review-degradable", "messages": [{"role": "user", "content": "Say hi."}],
+            "temperature": 0, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", f"{gateway.base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        assert (response.headers["x-tier"], response.headers["x-downgraded"]) == ("3", "true")
+        events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and any(json.loads(e)["choices"] for e in events[:-1])
+    refused = httpx.post(f"{gateway.base_url}/v1/chat/completions", timeout=60,
+                         json={**body, "model": "feature:contract-review"})
+    assert refused.status_code == 503  # no fallback declared: never a cheaper tier
+
+
+def test_an_empty_upstream_stream_is_a_clean_error_not_a_500(gateway, proxy):
+    proxy.plan[:] = [Fault.empty_stream()]
+    body = {"model": "feature:contract-review", "messages": [{"role": "user", "content": "Say hi."}],
+            "max_tokens": 8, "stream": True}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "runner_failed" and "before the first event" in error["message"]
+    assert chat(gateway).status_code == 200

@@ -1,7 +1,8 @@
 """The runners of the active profile, by tier: built from the profile, started and supervised, swapped live.
 
 A swap (a promoted model, an edited placement) starts the new runner first and waits until it is
-ready, with a timeout, while the old one keeps serving; only then does the new one take the tier.
+ready (up to the runner's own `startup_timeout_s`) while the old one keeps serving; only then does
+the new one take the tier.
 The old runner is retired: it gets no new requests, finishes what it has (drains), then stops, and
 the supervisor never restarts it. Swaps are serialised by the caller (`LiveConfig`).
 """
@@ -21,12 +22,11 @@ log = logging.getLogger("tier_runner.tiers")
 
 
 class TierRunners:
-    def __init__(self, profile_ref: str | Path, *, ready_timeout_s: float = 900.0, drain_timeout_s: float = 600.0):
+    def __init__(self, profile_ref: str | Path, *, drain_timeout_s: float = 600.0):
         self.path, self.profile = load_profile(profile_ref)
         runners = {tier: build_runner(tier, placement, str(self.path), self.profile.devices)
                    for tier, placement in self.profile.tiers.items()}
         self.supervisor = Supervisor(runners, str(self.path))
-        self.ready_timeout_s = ready_timeout_s
         self.drain_timeout_s = drain_timeout_s
         self._retiring: set[asyncio.Task] = set()
 
@@ -67,7 +67,7 @@ class TierRunners:
         swapped: list[int] = []
         for tier in changed:
             fresh = build_runner(tier, profile.tiers[tier], str(self.path), profile.devices)
-            old = await self.supervisor.replace(tier, fresh, self.ready_timeout_s)
+            old = await self.supervisor.replace(tier, fresh, fresh.startup_timeout_s)
             log.info("tier %s now serves %s (was %s)", tier, fresh.model_name, old.model_name if old else "none")
             swapped.append(tier)
             self._record(profile, tier)
