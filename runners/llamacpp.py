@@ -137,6 +137,11 @@ class LlamaCppRunner(Runner):
         )
         return prompt, params
 
+    async def count_tokens(self, request: Request) -> int:
+        """The prompt exactly as `prepare` renders and tokenizes it (too long for n_ctx: the same 400 it gets)."""
+        prompt, _ = self.prepare(request.model_copy(update={"max_tokens": None}))
+        return len(prompt)
+
     # -- answering --------------------------------------------------------------------------
     async def answer(self, request: Request) -> Answer:
         prompt, params = self.prepare(request)

@@ -8,7 +8,8 @@ calls become `tool_use` blocks and tool messages `tool_result` blocks in a user 
 becomes a system instruction. What Anthropic cannot do is refused by the runner's capabilities
 (`CAPABILITIES`) before translation, and a `temperature` above 1 here.
 
-The block and stop-reason tables below are the ones the Messages endpoint (ingress) uses too.
+The block and stop-reason tables below are the ones the Messages endpoint (ingress,
+`runners/wire/anthropic_ingress.py`) uses too.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def image_source(part: ImagePart) -> dict[str, Any]:
         media_type, data = part.url[5:].split(";base64,", 1)
         return {"type": "base64", "media_type": media_type, "data": data}
     return {"type": "url", "url": part.url}
+
+
+def image_url(source: dict[str, Any]) -> str:
+    """The inverse of `image_source`: a base64 source becomes a data: URL, a URL source its URL."""
+    if source.get("type") == "base64":
+        return f"data:{source['media_type']};base64,{source['data']}"
+    return source["url"]
 
 
 # -- egress: our request as a Messages API body ---------------------------------------------------------
