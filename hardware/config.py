@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from hardware.errors import ConfigError
+from hardware.redact import MARK, is_secret_name
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -40,15 +41,27 @@ def validate_model(data: object, model: type[M], *, source: str) -> M:
 
 
 def describe_validation_error(exc: ValidationError) -> str:
-    """One line per problem: `key.path: what is wrong (input: ...)`."""
+    """One line per problem: `key.path: what is wrong (got ...)`. A secret-bearing value (sha256, api_key_env,
+    anything named key, secret or token) is never shown: a raw key pasted into one must not reach a log."""
     lines = []
     for err in exc.errors(include_url=False):
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown key; remove it or check its spelling"
-        shown = repr(err.get("input"))
+        names = [p for p in err["loc"] if isinstance(p, str)]
+        secret = bool(names) and is_secret_name(names[-1])
+        shown = MARK if secret else repr(_without_secrets(err.get("input")))
         if len(shown) > 80:
             shown = shown[:77] + "..."
         lines.append(f"{key}: {message} (got {shown})")
     return "; ".join(lines)
+
+
+def _without_secrets(value: object) -> object:
+    """A mapping shown in an error (a whole entry that is wrong) with its secret-named values hidden."""
+    if isinstance(value, dict):
+        return {k: MARK if isinstance(k, str) and is_secret_name(k) else _without_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value

@@ -23,6 +23,7 @@ import httpx
 from pydantic import ValidationError
 
 from hardware.errors import ConfigError
+from hardware.redact import redact
 from runners.wire import anthropic
 from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners.answer import Answer, Delta
@@ -105,7 +106,7 @@ class HostedRunner(Runner):
         return status
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._key, "[redacted]") if self._key else text
+        return redact(text, [self._key])
 
     # -- requests ---------------------------------------------------------------------------------
     def _body(self, request: Request, stream: bool) -> dict[str, Any]:

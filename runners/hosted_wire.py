@@ -6,15 +6,17 @@ retries and the circuit breaker around whichever one the profile picked.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from runners.answer import Answer
 from runners.openai_http import OpenAIStream
 from runners.request import Request
 from runners.wire import anthropic, openai_chat, openai_chat_protocol
 
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 DEFAULTS = {  # provider -> (base_url, api_key_env, base_url_env): the variables the official SDKs read
     "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY", "OPENAI_BASE_URL"),
     "anthropic": ("https://api.anthropic.com", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
@@ -45,6 +47,15 @@ class HostedOptions(BaseModel):
     circuit_failure_threshold: int = Field(default=5, ge=1, description="consecutive failed attempts that open the circuit")
     circuit_cooldown_s: float = Field(default=30.0, gt=0, description="open time before one probe request goes through")
     max_connections: int = Field(default=32, ge=1)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, name: str | None) -> str | None:
+        """A key pasted here would be echoed wherever the variable is named (/ready, logs): refused, never shown."""
+        if name and not ENV_NAME.match(name):
+            raise ValueError("must be the name of an environment variable (A-Z, 0-9, _), not the key itself: export "
+                             "the key as e.g. OPENAI_API_KEY=<key> and put OPENAI_API_KEY here")
+        return name
 
     @model_validator(mode="after")
     def _provider_defaults(self) -> HostedOptions:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 
 import httpx
 
 from hardware.fit import Need
+from hardware.redact import redact, redact_argv, secret_values
 from runners import vllm_launch as launch
 from runners.errors import InvalidRequest, TierUnavailable
 from runners.answer import Answer, Delta
@@ -30,6 +32,13 @@ from runners.wire.openai_chat import to_payload
 
 log = logging.getLogger("tier_runner.vllm")
 TAIL_LINES = 40
+VLLM_LEVEL = re.compile(r"^(?:\(\S+ pid=\d+\) )?(WARNING|ERROR|CRITICAL)\b")
+
+
+def relay_level(line: str) -> int:
+    """vLLM's own warnings and errors keep their level in our log; the rest (request lines carry prompts) is DEBUG."""
+    match = VLLM_LEVEL.match(line)
+    return getattr(logging, match.group(1)) if match else logging.DEBUG
 
 
 @register_runner
@@ -66,6 +75,7 @@ class VllmRunner(Runner):
         self._stopping = False
         self._probe_failures = 0
         self._tail.clear()
+        self._secrets: list[str] = []  # values of secret flags and variables, scrubbed from vLLM's output
         if self.options.url:
             self.base_url = self.options.url.rstrip("/").removesuffix("/v1")
             where = f"tier {self.tier} ({self.model_name}, vLLM at {self.options.url})"
@@ -80,10 +90,12 @@ class VllmRunner(Runner):
             unreachable_hint="the vLLM server stopped answering; it is restarted automatically, see GET /ready")
         if not self.options.url:
             self._spawned_at = time.monotonic()
+            env = launch.environment(self)
+            self._secrets = secret_values(cmd, env)
             self._proc = await asyncio.create_subprocess_exec(
-                *cmd, env=launch.environment(self), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                *cmd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
-            log.info("tier %s: started vLLM pid %s: %s", self.tier, self._proc.pid, " ".join(cmd))
+            log.info("tier %s: started vLLM pid %s: %s", self.tier, self._proc.pid, " ".join(redact_argv(cmd)))
             self._tasks = [asyncio.create_task(self._read_output(self._proc)),
                            asyncio.create_task(self._watch_exit(self._proc))]
         else:
@@ -97,10 +109,10 @@ class VllmRunner(Runner):
     async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         async for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
+            line = redact(raw.decode("utf-8", "replace").rstrip(), self._secrets)
             if line:
                 self._tail.append(line)
-                log.info("tier %s vllm[%s]: %s", self.tier, proc.pid, line)
+                log.log(relay_level(line), "tier %s vllm[%s]: %s", self.tier, proc.pid, line)
 
     async def _watch_exit(self, proc: asyncio.subprocess.Process) -> None:
         # Not proc.wait(): asyncio resolves it only once every pipe is closed, and the engine processes hold
