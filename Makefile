@@ -44,8 +44,9 @@ serve-tiers: $(STAMP)
 	@if $(STARTS_VLLM_ON_CPU) '$(PROFILE)' 2>/dev/null; then $(MAKE) --no-print-directory vllm-setup; fi
 	$(VENV)/bin/tier-runner serve --profile $(PROFILE) --host $(HOST) --port $(PORT)
 
+# REQUIRE_LITELLM=1: a missing LiteLLM fails the Tier 1 Anthropic tests instead of skipping them.
 test: $(STAMP) $(LITELLM_STAMP)
-	$(PY) -m pytest --ignore=tests/test_vllm_e2e.py
+	REQUIRE_LITELLM=1 $(PY) -m pytest --ignore=tests/test_vllm_e2e.py
 ifeq ($(SKIP_VLLM),)
 	$(MAKE) test-vllm
 else

@@ -1,17 +1,33 @@
 """LiteLLM's proxy as a real Anthropic Messages server (POST /v1/messages) in front of a local OpenAI server.
 
-It lives in its own virtual environment (`make litellm-setup` makes `.venv-litellm`) so its dependency
-pins stay out of the product's; tests that need it skip with the command to run when it is missing.
+It lives in its own virtual environment (`make litellm-setup` makes `.venv-litellm`; TIER_RUNNER_LITELLM
+names another `litellm` executable) so its dependency pins stay out of the product's. Tests that need it
+call `require_litellm()`: under `make test` (REQUIRE_LITELLM=1) a missing LiteLLM fails them, as a missing
+vLLM does; a plain `pytest` skips them with the command to run.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO, ChildProcess, free_port
 
-LITELLM = REPO / ".venv-litellm" / "bin" / "litellm"
+LITELLM = Path(os.environ.get("TIER_RUNNER_LITELLM") or REPO / ".venv-litellm" / "bin" / "litellm")
 MODEL = "smollm2"
+
+
+def require_litellm() -> None:
+    """At a test module's import: fail (REQUIRE_LITELLM=1, as `make test` sets) or skip when LiteLLM is missing."""
+    if LITELLM.exists():
+        return
+    why = f"LiteLLM is missing ({LITELLM}): run `make litellm-setup`"
+    if os.environ.get("REQUIRE_LITELLM") == "1":
+        pytest.fail(f"{why}; REQUIRE_LITELLM=1 (make test) does not let Tier 1 on Anthropic go untested",
+                    pytrace=False)
+    pytest.skip(why, allow_module_level=True)
 
 
 class LiteLLMProxy(ChildProcess):

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.fault_proxy import Fault, FaultProxy
-from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy
+from tests.litellm_proxy import MODEL, LiteLLMProxy, require_litellm
 from tests.openai_schema import validate
 
 KEY_ENV = "ANTHROPIC_TIER1_KEY"
@@ -24,7 +24,7 @@ PERSON = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"
           "required": ["name", "age", "passport_number"]}
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
-pytestmark = pytest.mark.skipif(not LITELLM.exists(), reason="LiteLLM is not installed: run `make litellm-setup`")
+require_litellm()
 
 
 @pytest.fixture(scope="module")
