@@ -11,7 +11,8 @@ The JSON itself is `runners/wire/openai_chat.py`'s; this module adds the transpo
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -19,7 +20,22 @@ from pydantic import ValidationError
 
 from runners.answer import Answer, Delta
 from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
-from runners.wire import openai_chat, openai_chat_protocol as wire
+from runners.wire import openai_chat, openai_chat_protocol as wire, openai_completions
+
+
+@dataclass(frozen=True)
+class Api:
+    """One OpenAI-style API path: where to POST, and how its answer and its stream chunks become ours."""
+
+    path: str
+    answer: Callable[[Any], Answer]
+    chunk: Callable[[Any], Delta]
+    what: str
+
+
+CHAT = Api("/chat/completions", lambda data: openai_chat.from_completion(wire.ChatCompletion.model_validate(data)),
+           lambda data: openai_chat.from_chunk(wire.ChatCompletionChunk.model_validate(data)), "a chat completion")
+TEXT = Api("/completions", openai_completions.from_completion, openai_completions.from_chunk, "a text completion")
 
 
 def error_message(body: str) -> str:
@@ -50,8 +66,9 @@ class OpenAIStream:
     RunnerFailed("sent a stream event that is not valid: ..."); callers put the tier's name in front.
     """
 
-    def __init__(self):
+    def __init__(self, api: Api = CHAT):
         self.done = False
+        self.api = api
 
     def feed_line(self, line: str) -> list[Delta]:
         if not line.startswith("data:"):
@@ -64,7 +81,7 @@ class OpenAIStream:
             event = json.loads(data)
             if isinstance(event, dict) and "error" in event:
                 raise RunnerFailed(f"failed mid-stream: {_message_of(event) or ''}")
-            return [openai_chat.from_chunk(wire.ChatCompletionChunk.model_validate(event))]
+            return [self.api.chunk(event)]
         except (ValueError, ValidationError) as exc:
             raise RunnerFailed(f"sent a stream event that is not valid: {exc}") from None
 
@@ -96,22 +113,22 @@ class OpenAIEndpoint:
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
         raise RunnerFailed(f"{self.where} answered HTTP {response.status_code}: {message}")
 
-    async def complete(self, payload: dict) -> Answer:
+    async def complete(self, payload: dict, api: Api = CHAT) -> Answer:
         try:
-            response = await self.client.post("/chat/completions", json=payload)
+            response = await self.client.post(api.path, json=payload)
         except httpx.HTTPError as exc:
             raise self.unreachable(exc) from None
         await self.raise_for_status(response)
         try:
-            return openai_chat.from_completion(wire.ChatCompletion.model_validate(response.json()))
+            return api.answer(response.json())
         except (ValueError, ValidationError) as exc:
-            raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
+            raise RunnerFailed(f"{self.where} answered something that is not {api.what}: {exc}") from None
 
-    async def stream(self, payload: dict) -> AsyncIterator[Delta]:
+    async def stream(self, payload: dict, api: Api = CHAT) -> AsyncIterator[Delta]:
         """Deltas until `[DONE]`; a stream that ends before it is an error, never a silently short answer."""
-        parser = OpenAIStream()
+        parser = OpenAIStream(api)
         try:
-            async with self.client.stream("POST", "/chat/completions", json=payload) as response:
+            async with self.client.stream("POST", api.path, json=payload) as response:
                 await self.raise_for_status(response)
                 async for line in response.aiter_lines():
                     try:

@@ -25,10 +25,10 @@ from runners.errors import InvalidRequest, TierUnavailable
 from runners.answer import Answer, Delta
 from runners.base import Runner, register_runner
 from runners.capabilities import Capabilities
-from runners.openai_http import OpenAIEndpoint
+from runners.openai_http import CHAT, TEXT, OpenAIEndpoint
 from runners.procs import alive, die_with_parent, end_group, free_port
 from runners.request import Request
-from runners.wire.openai_chat import to_payload
+from runners.wire import openai_chat, openai_completions
 
 log = logging.getLogger("tier_runner.vllm")
 TAIL_LINES = 40
@@ -45,7 +45,7 @@ def relay_level(line: str) -> int:
 class VllmRunner(Runner):
     kind = "vllm"
     Options = launch.VllmOptions
-    capabilities = Capabilities(tools=True, max_n=8, stream_n=True, min_tokens=True, guided=True)
+    capabilities = Capabilities(tools=True, max_n=8, stream_n=True, min_tokens=True, guided=True, prompt=True)
     options: launch.VllmOptions
 
     def __init__(self, *args, **kwargs):
@@ -195,7 +195,8 @@ class VllmRunner(Runner):
             state = self.lifecycle
             raise TierUnavailable(f"tier {self.tier} ({self.model_name} on vLLM) is {state.state}: {state.detail}; "
                                   "see GET /ready")
-        payload = to_payload(request, self.model_name, stream)
+        wire = openai_chat if request.prompt is None else openai_completions  # a prompt goes to /v1/completions
+        payload = wire.to_payload(request, self.model_name, stream)
         # vLLM 0.32 takes guided decoding as `structured_outputs`; the request keeps the classic field names.
         guided = {key: payload.pop(f"guided_{key}") for key in ("json", "choice", "regex") if f"guided_{key}" in payload}
         if len(guided) > 1:
@@ -209,7 +210,7 @@ class VllmRunner(Runner):
     async def answer(self, request: Request) -> Answer:
         payload = self._payload(request, stream=False)
         try:
-            return await self._endpoint.complete(payload)
+            return await self._endpoint.complete(payload, CHAT if request.prompt is None else TEXT)
         except TierUnavailable:
             await self._notice_death()
             raise
@@ -218,7 +219,7 @@ class VllmRunner(Runner):
         payload = self._payload(request, stream=True)
         endpoint = self._endpoint
         try:
-            async for chunk in endpoint.stream(payload):
+            async for chunk in endpoint.stream(payload, CHAT if request.prompt is None else TEXT):
                 yield chunk
         except TierUnavailable:
             await self._notice_death()

@@ -8,14 +8,13 @@ import json
 import anthropic
 import httpx
 import pytest
-import sqlalchemy as sa
 from anthropic.types import Message, RawMessageStreamEvent
 from pydantic import TypeAdapter
 
 from tests.conftest import ServerProcess
 from tests.fault_proxy import Fault, FaultProxy
+from tests.ledger_reader import ledger_rows
 from tiers.auth import hash_key
-from tiers.ledger import schema
 
 ASK = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 EVENTS = TypeAdapter(RawMessageStreamEvent)
@@ -40,15 +39,6 @@ def raw_events(base_url: str, body: dict) -> list[tuple[str, dict]]:
     datas = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
     assert len(names) == len(datas) and [d["type"] for d in datas] == names
     return list(zip(names, datas))
-
-
-def ledger_rows(server) -> list[dict]:
-    httpx.get(f"{server.base_url}/v1/audit", timeout=30)  # flushes the spool first
-    engine = sa.create_engine(f"sqlite:///{server.data_dir / 'ledger.db'}")
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(sa.select(schema.attempts))]
-    engine.dispose()
-    return rows
 
 
 def test_a_message_parsed_by_the_sdk_with_usage_headers_and_a_ledger_row(client, server):

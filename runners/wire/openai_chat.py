@@ -99,7 +99,7 @@ def to_completion(answer: Answer) -> wire.ChatCompletion:
                              message=wire.AssistantMessage(content=c.text, refusal=c.refusal,
                                                            tool_calls=[_call_out(t) for t in c.tool_calls] or None))
                  for c in answer.choices],
-        usage=_usage_out(answer.usage),
+        usage=usage_out(answer.usage),
     )
 
 
@@ -107,7 +107,7 @@ def _call_out(call: ToolCall) -> wire.ToolCallOut:
     return wire.ToolCallOut(id=call.id, function=wire.FunctionCall(name=call.name, arguments=call.arguments))
 
 
-def _usage_out(usage: Usage) -> wire.Usage:
+def usage_out(usage: Usage) -> wire.Usage:
     return wire.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                       total_tokens=usage.total_tokens)
 
@@ -147,7 +147,7 @@ class ChunkWriter:
             out.append(self._chunk([wire.ChunkChoice(index=c.index, delta=body, finish_reason=c.finish_reason,
                                                      logprobs=_logprobs_out(c.logprobs))]))
         if delta.usage is not None and self.include_usage:
-            usage = _usage_out(delta.usage)
+            usage = usage_out(delta.usage)
             usage.cost_usd = delta.cost_usd
             out.append(self._chunk([], usage=usage))
         return out
@@ -229,7 +229,7 @@ def from_completion(completion: wire.ChatCompletion) -> Answer:
                                     for t in c.message.tool_calls or []],
                         logprobs=_logprobs_in(c.logprobs))
                  for c in completion.choices],
-        usage=_usage_in(completion.usage),
+        usage=usage_in(completion.usage),
     )
 
 
@@ -242,10 +242,10 @@ def from_chunk(chunk: wire.ChatCompletionChunk) -> Delta:
         reason = "tool_calls" if c.finish_reason == "function_call" else c.finish_reason
         choices.append(ChoiceDelta(index=c.index, text=c.delta.content, tool_calls=calls, finish_reason=reason,
                                    logprobs=_logprobs_in(c.logprobs)))
-    return Delta(choices=choices, usage=_usage_in(chunk.usage) if chunk.usage else None)
+    return Delta(choices=choices, usage=usage_in(chunk.usage) if chunk.usage else None)
 
 
-def _usage_in(usage: wire.Usage | None) -> Usage:
+def usage_in(usage: wire.Usage | None) -> Usage:
     if usage is None:
         return Usage()
     return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)

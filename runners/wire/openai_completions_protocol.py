@@ -1,0 +1,84 @@
+"""OpenAI's legacy text completions (`POST /v1/completions`) as pydantic models: requests strict, answers lenient.
+
+The same answer and chunk models parse what a vLLM server sends back when a runner forwards a prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+
+from runners.request import MAX_N
+from runners.wire.openai_chat_protocol import StreamOptions, Usage
+
+
+class CompletionRequest(BaseModel):
+    """The subset of OpenAI's request that the tiers honour; anything else is rejected by name."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, description="feature:<name>, tier:<n>, or any name when X-Feature is sent")
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="text, or a list of texts (one answer each); token arrays are refused with a 400")
+    max_tokens: int | None = Field(default=16, ge=1, description="OpenAI's default: 16")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="top alternatives per token, 0 to 5")
+    echo: bool = Field(default=False, description="true is refused with a 400: the prompt is not echoed")
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    best_of: int | None = Field(default=None, ge=1, le=1, description="only 1 (the default)")
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=0, description="only empty")
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+
+class Logprobs(BaseModel):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] | None = None
+    text_offset: list[int] = Field(default_factory=list)
+
+
+FinishReason = Literal["stop", "length", "content_filter"]
+
+
+class Choice(BaseModel):
+    index: int = 0
+    text: str = ""
+    logprobs: Logprobs | None = None
+    finish_reason: FinishReason | None = None
+
+
+class Completion(BaseModel):
+    """A whole answer, and (with `finish_reason` null until the last one) each chunk of a stream."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_usage(self, handler) -> dict[str, Any]:
+        """A chunk without usage has no `usage` key (OpenAI's document does not allow null there)."""
+        data = handler(self)
+        if self.usage is None:
+            data.pop("usage", None)
+        return data
+
+
+def token_array(prompt: Any) -> bool:
+    return isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt)
