@@ -156,6 +156,47 @@ def test_json_schema_response_format(gateway):
     assert isinstance(json.loads(response.json()["choices"][0]["message"]["content"])["city"], str)
 
 
+def test_an_edited_vllm_placement_goes_live_once_the_new_server_is_ready(gateway):
+    """A promoted model or edited placement on a vLLM tier: the new server starts while the old one serves,
+    takes the tier once it is ready (a vLLM runner is always `starting` at first), and the old one is drained
+    and stopped."""
+    [old_pid] = vllm_processes(parent=gateway.proc.pid)
+    profile = Path(httpx.get(f"{gateway.base_url}/ready", timeout=5).json()["profile"])
+    original = profile.read_text()
+    profile.write_text(original.replace("    max_model_len: 1024\n", "    max_model_len: 1024\n    max_num_seqs: 4\n"))
+    try:
+        deadline = time.monotonic() + 240
+        answered = 0
+        while f"pid {old_pid}" in tier2(gateway)["detail"]:
+            assert time.monotonic() < deadline, gateway.output()[-3000:]
+            response = chat(gateway, max_tokens=4)
+            assert response.status_code == 200, response.text  # the old server serves throughout the swap
+            answered += 1
+        assert answered > 0
+        [new_pid] = [p for p in vllm_processes(parent=gateway.proc.pid) if p != old_pid] or [None]
+        assert new_pid is not None and f"pid {new_pid}" in tier2(gateway)["detail"]
+        assert "Paris" in chat(gateway).json()["choices"][0]["message"]["content"]
+        while old_pid in vllm_processes(parent=gateway.proc.pid):  # drained, then stopped
+            assert time.monotonic() < deadline, "the replaced vLLM server was never stopped"
+            time.sleep(0.2)
+    finally:
+        profile.write_text(original)  # the module's later tests expect the original placement back
+    _wait_for_single_vllm(gateway)
+
+
+def _wait_for_single_vllm(gateway, timeout: float = 240) -> None:
+    """After a placement edit is reverted the tier swaps back: wait until one ready vLLM serves it."""
+    deadline = time.monotonic() + timeout
+    before = set(vllm_processes(parent=gateway.proc.pid))
+    while time.monotonic() < deadline:
+        now = set(vllm_processes(parent=gateway.proc.pid))
+        status = tier2(gateway)
+        if len(now) == 1 and now != before and status["state"] == "ready" and f"pid {min(now)}" in status["detail"]:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"tier 2 did not settle on one vLLM server: {tier2(gateway)}")
+
+
 def test_attach_to_a_running_vllm_by_url(gateway, tmp_path):
     """`url:` attaches to a vLLM server that already runs (here: the one the module's gateway started)."""
     base = tier2(gateway)["detail"].split(" at ")[-1]
