@@ -9,15 +9,24 @@ from pathlib import Path
 import click
 
 from hardware.errors import ConfigError
+from hardware.extras import require_extra
 
 SUITES_HELP = "suite names or YAML paths, comma-separated; 'all' for every shipped suite"
 
 
-def _suites(spec: str):
-    from evals.suite import load_suite, shipped_suites
+def _suites(spec: str, report_html: Path | None):
+    """The suites, after checking that the optional packages they and the reports need are installed: a run
+    must not stop at its end for a missing extra."""
+    from evals.suite import ArchiveSource, load_suite, shipped_suites
 
     names = shipped_suites() if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
-    return [load_suite(n) for n in names]
+    suites = [load_suite(n) for n in names]
+    for suite in suites:
+        if isinstance(suite.source, ArchiveSource) and suite.source.format == "hf_arrow":
+            require_extra("pyarrow", "evals", f"suite {suite.name} (its data is in Arrow format)")
+    if report_html:
+        require_extra("matplotlib", "reports", "--report-html")
+    return suites
 
 
 def _failure_costs(routing: Path | None) -> dict[str, float]:
@@ -95,7 +104,7 @@ def eval_command(suite_spec, limit, concurrency, store_path, profile, routing, r
     from evals.gateway_proc import GatewayProcess, single_tier_profile
     from evals.store import ResultStore
 
-    suites = _suites(suite_spec)
+    suites = _suites(suite_spec, report_html)
     store = ResultStore(store_path)
 
     def route_for(suite):
@@ -149,7 +158,7 @@ def promote_command(suite_spec, limit, concurrency, store_path, profile, routing
     from hardware.profile import load_profile
     from tiers.routing import DEFAULT_ROUTING, load_routing
 
-    suites = _suites(suite_spec)
+    suites = _suites(suite_spec, report_html)
     store = ResultStore(store_path)
     table = load_routing(routing or DEFAULT_ROUTING)
     profile_file, current = load_profile(profile)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from hardware.extras import require_extra
 from tiers.routing import DEFAULT_ROUTING, load_routing
 from tiers.settings import Settings
 
@@ -27,6 +28,8 @@ def audit(routing: Path, data_dir: Path, ledger_url: str | None, window_hours: f
     from tiers.audit_report import render_html
     from tiers.ledger.store import make_engine
 
+    if fmt == "html":
+        require_extra("matplotlib", "reports", "--format html")
     settings = Settings(routing=routing, data_dir=data_dir, ledger_url=ledger_url)
     engine = make_engine(settings.ledger_database_url())
     result = run_audit(engine, load_routing(routing), since=time.time() - window_hours * 3600)
