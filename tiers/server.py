@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tiers.api import admin, anthropic_messages, openai_chat, openai_completions, status
+from tiers.api import admin, anthropic_messages, openai_chat, openai_completions, openai_responses, status
 from tiers.api.errors import install_error_handlers
 from tiers.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tiers.auth import Access
@@ -25,7 +25,8 @@ from tiers.serving.service import Service
 from tiers.settings import Settings
 from tiers.tier_runners import TierRunners
 
-ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.router, admin.router, status.router)
+ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.router, openai_responses.router,
+           admin.router, status.router)
 
 
 def create_app(settings: Settings) -> FastAPI:
