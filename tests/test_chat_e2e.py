@@ -20,7 +20,7 @@ PERSON = {
 
 def test_non_streaming_completion_matches_openai_schema(openai_client):
     raw = openai_client.chat.completions.with_raw_response.create(
-        model="feature:ticket-triage",
+        model="tier:3",
         messages=[{"role": "user", "content": "What is the capital of France? Answer in one word."}],
         temperature=0,
         max_tokens=16,

@@ -119,7 +119,7 @@ def test_unknown_route_is_an_openai_style_404(server):
 
 
 def test_feature_header_routes_and_conflicts_are_rejected(server):
-    ok = post(server, {**GOOD, "model": "anything"}, headers={"x-feature": "ticket-triage"})
+    ok = post(server, {**GOOD, "model": "anything", "max_tokens": 12}, headers={"x-feature": "ticket-triage"})
     assert ok.status_code == 200 and ok.headers["x-feature"] == "feature:ticket-triage"
     clash = post(server, {**GOOD, "model": "feature:ticket-triage"}, headers={"x-feature": "contract-review"})
     assert clash.status_code == 400

@@ -57,7 +57,7 @@ def chat(server, key: str | None, model="feature:ticket-triage", header="authori
     headers = {}
     if key:
         headers = {"authorization": f"Bearer {key}"} if header == "authorization" else {"x-api-key": key}
-    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 2}
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 12}
     return httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=headers, timeout=60)
 
 

@@ -29,10 +29,13 @@ from tiers.settings import Settings
               envvar="TIER_RUNNER_CACHE_EMBEDDER")
 @click.option("--keys", type=click.Path(path_type=Path), default=None, envvar="TIER_RUNNER_KEYS",
               help="client API keys (YAML of sha256 hashes); without it the server is keyless and loopback-only")
+@click.option("--default-max-tokens", type=click.IntRange(1, 32_768), default=512, show_default=True,
+              envvar="TIER_RUNNER_DEFAULT_MAX_TOKENS",
+              help="max_tokens for requests that set none and whose feature's request block sets none")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
           ledger_url: str | None, cache_backend: str, redis_url: str | None, cache_embedder: str,
-          keys: Path | None, log_level: str) -> None:
+          keys: Path | None, default_max_tokens: int, log_level: str) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
@@ -40,7 +43,8 @@ def serve(host: str, port: int, profile: str, routing: Path | None, max_body_byt
 
     fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level,
               "data_dir": data_dir, "ledger_url": ledger_url, "cache_backend": cache_backend, "redis_url": redis_url,
-              "cache_embedder": cache_embedder, "keys": keys}
+              "cache_embedder": cache_embedder, "keys": keys,
+              "default_max_tokens": default_max_tokens}
     if routing is not None:
         fields["routing"] = routing
     settings = Settings(**fields)

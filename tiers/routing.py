@@ -17,6 +17,7 @@ from hardware.profile import TierNumber
 from tiers.cache.semantic import CachePolicy
 from tiers.gates import Gate, GateSpec
 from tiers.ledger.rows import spec_hash
+from tiers.request_defaults import RequestDefaults
 
 DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
 FEATURE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -43,6 +44,8 @@ class Feature(BaseModel):
     owner: str = Field(min_length=1, description="team that owns both the cost and the failure rate")
     failure_cost_usd: float = Field(ge=0, description="what one wrong answer costs the business")
     description: str = ""
+    request: RequestDefaults | None = Field(
+        default=None, description="instructions and output contract sent with every request: system, max_tokens, ...")
     gate: GateSpec | None = Field(default=None, description="quality checks every answer must pass")
     retries: int = Field(default=0, ge=0, le=3, description="same-tier retries after a gate failure")
     escalate_to: TierNumber | None = Field(

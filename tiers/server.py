@@ -55,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     state = app.state
     state.settings, state.config, state.ledger, state.metrics = settings, config, ledger, metrics
     state.cache, state.access = cache, access
-    state.service = Service(config, recorder, access, cache, settings.max_messages)
+    state.service = Service(config, recorder, access, cache, settings.max_messages, settings.default_max_tokens)
     state.started_at = int(time.time())
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

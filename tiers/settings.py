@@ -27,6 +27,10 @@ class Settings(BaseModel):
     cache_embedder: str = Field(default="minilm", description="minilm or llamacpp")
     keys: Path | None = Field(default=None, description="client keys YAML; none means keyless, loopback only")
     max_messages: int = Field(default=256, ge=1, description="longer conversations get 400")
+    default_max_tokens: int = Field(
+        default=512, ge=1, le=32_768,
+        description="max_tokens for requests that set none and whose feature sets none; no answer runs to the end "
+                    "of the context by surprise")
     reload_interval_s: float = Field(default=1.0, ge=0, description="how often to check the routing file; 0 = never")
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from runners.answer import Answer, Delta, deltas_from_answer, replay
 from runners.errors import InvalidRequest
 from runners.request import Request
 from runners.request_checks import check_request
-from tiers import dispatch
+from tiers import dispatch, request_defaults
 from tiers.auth import Access
 from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
 from tiers.cache.store import Hit
@@ -44,14 +44,21 @@ class Reply:
     summary: Summary = field(default_factory=Summary)
 
 
+def said(reply: Reply, overridden: list[str]) -> Reply:
+    """The reply, telling the client which of its values the feature's request block replaced."""
+    reply.headers.update(request_defaults.overridden_header(overridden))
+    return reply
+
+
 class Service:
     def __init__(self, config: LiveConfig, recorder: Recorder, access: Access, cache: SemanticCache | None = None,
-                 max_messages: int = 256):
+                 max_messages: int = 256, default_max_tokens: int = 512):
         self.config = config
         self.recorder = recorder
         self.access = access
         self.cache = cache
         self.max_messages = max_messages
+        self.default_max_tokens = default_max_tokens
         self._background: set[asyncio.Task] = set()
 
     @property
@@ -68,6 +75,8 @@ class Service:
             check_request(request)
             d = dispatch.dispatch(self.config.routing, self.runners, call.model, call.header_feature)
             summary.fields["feature"] = d.route.label
+            request, overridden = request_defaults.apply(d.route.spec and d.route.spec.request, request,
+                                                         self.default_max_tokens)
             self.access.admit(call.client_key, d.route)
             self.recorder.check_budget(d.route)
             policy = self._cache_policy(d, request)
@@ -75,9 +84,9 @@ class Service:
                 found = await self.cache.lookup(d.route.feature, request, d.runner.tier, d.runner.model_name, policy,
                                                 call.request_id)
                 if found is not None:
-                    return self._cache_hit(call, request, d, started, summary, *found)
+                    return said(self._cache_hit(call, request, d, started, summary, *found), overridden)
             if request.stream and not policy_gates(d, request):
-                return await self._stream(call, request, d, started, summary, policy)
+                return said(await self._stream(call, request, d, started, summary, policy), overridden)
             outcome = await dispatch.complete(d, request, self.runners)
         except TierRunnerError as exc:
             self._record_failure(call, summary, exc, started)
@@ -93,6 +102,7 @@ class Service:
         headers = records.headers_for(d, outcome.runner, outcome)
         headers["x-cost-usd"] = f"{sum(row.cost_usd for row in rows):.8f}"
         headers["x-cache"] = "miss" if policy is not None else "off"
+        headers.update(request_defaults.overridden_header(overridden))
         reply = Reply(headers, outcome.runner.model_name, summary=summary)
         if request.stream:  # gated: the whole answer was checked before the first byte
             reply.deltas = replay(deltas_from_answer(outcome.answer))
