@@ -50,7 +50,7 @@ def count_request(body: wire.CountTokensRequest) -> Request:
     return Request(messages=_messages(body.system, body.messages), **tools(body.tools, body.tool_choice))
 
 
-def tools(specs: list[wire.ToolSpec] | None, choice: wire.ToolChoice | None) -> dict[str, Any]:
+def tools(specs: list[wire.AnthropicTool] | None, choice: wire.AnthropicToolChoice | None) -> dict[str, Any]:
     fields: dict[str, Any] = {"tools": [Tool(name=t.name, description=t.description, parameters=t.input_schema)
                                         for t in specs or []]}
     if choice is not None:
@@ -117,8 +117,8 @@ def _part(block) -> Part:
 # -- our answer -----------------------------------------------------------------------------------------
 def to_message(answer: Answer) -> wire.Message:
     choice = answer.first
-    content: list[wire.OutText | wire.OutToolUse] = [wire.OutText(text=choice.text)] if choice.text else []
-    content += [wire.OutToolUse(id=c.id, name=c.name, input=tool_input(c)) for c in choice.tool_calls]
+    content: list[wire.TextBlockOut | wire.ToolUseBlockOut] = [wire.TextBlockOut(text=choice.text)] if choice.text else []
+    content += [wire.ToolUseBlockOut(id=c.id, name=c.name, input=tool_input(c)) for c in choice.tool_calls]
     return wire.Message(id=f"msg_{answer.id}", model=answer.model, content=content,
                         stop_reason=FINISH_TO_STOP_REASON[choice.finish_reason], usage=usage_out(answer.usage))
 
@@ -135,12 +135,12 @@ def tool_input(call: ToolCall) -> dict[str, Any]:
     return value
 
 
-def usage_out(usage: Usage) -> wire.Usage:
-    return wire.Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+def usage_out(usage: Usage) -> wire.AnthropicUsage:
+    return wire.AnthropicUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
-    return wire.ErrorResponse(error=wire.ErrorBody(type=wire.error_type(status), message=message)).model_dump()
+    return wire.AnthropicError(error=wire.AnthropicErrorBody(type=wire.error_type(status), message=message)).model_dump()
 
 
 class EventWriter:
@@ -158,7 +158,7 @@ class EventWriter:
 
     def start(self) -> list[tuple[str, dict]]:
         message = wire.Message(id=self.id, model=self.model, content=[], stop_reason=None,
-                               usage=wire.Usage(input_tokens=0, output_tokens=0))
+                               usage=wire.AnthropicUsage(input_tokens=0, output_tokens=0))
         return [("message_start", {"type": "message_start", "message": message.model_dump()})]
 
     def events(self, delta: Delta) -> list[tuple[str, dict]]:

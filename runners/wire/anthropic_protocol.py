@@ -71,7 +71,7 @@ class InputMessage(_Strict):
     content: str | list[InputBlock]
 
 
-class ToolSpec(_Strict):
+class AnthropicTool(_Strict):
     """A client tool (`type` absent or "custom"); Anthropic's server tools (web search, bash, ...) are refused."""
 
     type: Literal["custom"] | None = None
@@ -86,7 +86,7 @@ class ToolSpec(_Strict):
         return check_schema_size(schema)
 
 
-class ToolChoice(_Strict):
+class AnthropicToolChoice(_Strict):
     type: Literal["auto", "any", "tool", "none"]
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
@@ -127,25 +127,25 @@ class MessagesRequest(_Strict):
     top_p: float | None = Field(default=None, gt=0, le=1)
     top_k: int | None = Field(default=None, ge=1, description="refused with a 400: the tiers do not sample by top_k")
     metadata: Metadata | None = None
-    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
+    tools: list[AnthropicTool] | None = Field(default=None, max_length=128)
+    tool_choice: AnthropicToolChoice | None = None
 
 
 class CountTokensRequest(_Strict):
     model: str = Field(min_length=1)
     messages: list[InputMessage] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
-    tool_choice: ToolChoice | None = None
+    tools: list[AnthropicTool] | None = Field(default=None, max_length=128)
+    tool_choice: AnthropicToolChoice | None = None
 
 
 # -- answers ----------------------------------------------------------------------------------------
-class OutText(BaseModel):
+class TextBlockOut(BaseModel):
     type: Literal["text"] = "text"
     text: str
 
 
-class OutToolUse(BaseModel):
+class ToolUseBlockOut(BaseModel):
     type: Literal["tool_use"] = "tool_use"
     id: str
     name: str
@@ -155,7 +155,7 @@ class OutToolUse(BaseModel):
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"]
 
 
-class Usage(BaseModel):
+class AnthropicUsage(BaseModel):
     input_tokens: int
     output_tokens: int
 
@@ -165,24 +165,24 @@ class Message(BaseModel):
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     model: str
-    content: list[OutText | OutToolUse]
+    content: list[TextBlockOut | ToolUseBlockOut]
     stop_reason: StopReason | None
     stop_sequence: str | None = None
-    usage: Usage
+    usage: AnthropicUsage
 
 
 class TokenCount(BaseModel):
     input_tokens: int
 
 
-class ErrorBody(BaseModel):
+class AnthropicErrorBody(BaseModel):
     type: str
     message: str
 
 
-class ErrorResponse(BaseModel):
+class AnthropicError(BaseModel):
     type: Literal["error"] = "error"
-    error: ErrorBody
+    error: AnthropicErrorBody
 
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

@@ -43,7 +43,7 @@ def to_requests(body: wire.CompletionRequest) -> list[Request]:
 def to_completion(answers: list[Answer], n: int) -> wire.Completion:
     """Prompt i's choice j is choice i * n + j, as OpenAI numbers them; usage is summed over the prompts."""
     first = answers[0]
-    choices = [wire.Choice(index=i * n + c.index, text=c.text or "", finish_reason=_finish(c.finish_reason),
+    choices = [wire.CompletionChoice(index=i * n + c.index, text=c.text or "", finish_reason=_finish(c.finish_reason),
                            logprobs=Offsets().logprobs(c.logprobs))
                for i, answer in enumerate(answers) for c in answer.choices]
     usage = sum((a.usage for a in answers), Usage())
@@ -88,7 +88,7 @@ class ChunkWriter:
             if c.text is None and c.finish_reason is None:
                 continue
             logprobs = self._offsets.setdefault(c.index, Offsets()).logprobs(c.logprobs)
-            choice = wire.Choice(index=c.index, text=c.text or "", logprobs=logprobs,
+            choice = wire.CompletionChoice(index=c.index, text=c.text or "", logprobs=logprobs,
                                  finish_reason=_finish(c.finish_reason) if c.finish_reason else None)
             out.append(wire.Completion(id=self.id, created=self.created, model=self.model, choices=[choice]))
         if delta.usage is not None and self.include_usage:

@@ -54,7 +54,7 @@ class Logprobs(BaseModel):
 FinishReason = Literal["stop", "length", "content_filter"]
 
 
-class Choice(BaseModel):
+class CompletionChoice(BaseModel):
     index: int = 0
     text: str = ""
     logprobs: Logprobs | None = None
@@ -68,7 +68,7 @@ class Completion(BaseModel):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
-    choices: list[Choice]
+    choices: list[CompletionChoice]
     usage: Usage | None = None
 
     @model_serializer(mode="wrap")

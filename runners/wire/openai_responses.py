@@ -75,7 +75,7 @@ def _format(fmt: wire.TextFormat | None) -> ResponseFormat | None:
                           description=fmt.description)
 
 
-def _tool_choice(choice: str | wire.NamedFunction | None) -> ToolChoice | None:
+def _tool_choice(choice: str | wire.NamedFunctionChoice | None) -> ToolChoice | None:
     if choice is None:
         return None
     if isinstance(choice, str):
@@ -92,7 +92,7 @@ def output_items(answer: Answer) -> list[wire.OutMessage | wire.OutFunctionCall]
     choice = answer.first
     items: list[wire.OutMessage | wire.OutFunctionCall] = []
     if choice.text:
-        items.append(wire.OutMessage(id=item_id("msg"), content=[wire.OutText(text=choice.text)]))
+        items.append(wire.OutMessage(id=item_id("msg"), content=[wire.OutputTextPart(text=choice.text)]))
     items += [wire.OutFunctionCall(id=item_id("fc"), call_id=c.id, name=c.name, arguments=c.arguments)
               for c in choice.tool_calls]
     return items
@@ -114,7 +114,7 @@ def response(body: wire.ResponsesRequest, model: str, response_id: str, created:
         id=response_id, created_at=created, status=status, incomplete_details=incomplete,
         instructions=body.instructions, model=model, output=output,
         parallel_tool_calls=body.parallel_tool_calls is not False, metadata=body.metadata or {},
-        tool_choice=body.tool_choice.model_dump() if isinstance(body.tool_choice, wire.NamedFunction)
+        tool_choice=body.tool_choice.model_dump() if isinstance(body.tool_choice, wire.NamedFunctionChoice)
         else body.tool_choice or "auto",
         tools=[t.model_dump(exclude_none=True) for t in body.tools or []], temperature=body.temperature,
         top_p=body.top_p, max_output_tokens=body.max_output_tokens, **({"text": text} if text else {}),
@@ -126,6 +126,6 @@ def to_response(body: wire.ResponsesRequest, answer: Answer) -> wire.Response:
                     answer.first.finish_reason, answer.usage)
 
 
-def usage_out(usage: Usage) -> wire.Usage:
-    return wire.Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+def usage_out(usage: Usage) -> wire.ResponseUsage:
+    return wire.ResponseUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
                       total_tokens=usage.total_tokens)

@@ -89,7 +89,7 @@ class FunctionTool(_Strict):
         return None if schema is None else check_schema_size(schema)
 
 
-class NamedFunction(_Strict):
+class NamedFunctionChoice(_Strict):
     type: Literal["function"]
     name: str
 
@@ -121,7 +121,7 @@ class ResponsesRequest(_Strict):
     input: str | list[InputItem] = Field(description="a text, or messages, function calls and their outputs")
     instructions: str | None = Field(default=None, description="a system message before the input")
     tools: list[FunctionTool] | None = Field(default=None, max_length=128, description="function tools only")
-    tool_choice: Literal["none", "auto", "required"] | NamedFunction | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedFunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = Field(default=None, description="format: text, json_object or json_schema")
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -139,7 +139,7 @@ class ResponsesRequest(_Strict):
 
 
 # -- answers ----------------------------------------------------------------------------------------
-class OutText(BaseModel):
+class OutputTextPart(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = Field(default_factory=list)
@@ -151,7 +151,7 @@ class OutMessage(BaseModel):
     id: str
     status: Literal["in_progress", "completed", "incomplete"] = "completed"
     role: Literal["assistant"] = "assistant"
-    content: list[OutText]
+    content: list[OutputTextPart]
 
 
 class OutFunctionCall(BaseModel):
@@ -172,7 +172,7 @@ class OutputTokensDetails(BaseModel):
     reasoning_tokens: int = 0
 
 
-class Usage(BaseModel):
+class ResponseUsage(BaseModel):
     input_tokens: int
     input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
     output_tokens: int
@@ -205,7 +205,7 @@ class Response(BaseModel):
     truncation: Literal["disabled"] = "disabled"
     store: bool = False
     previous_response_id: None = None
-    usage: Usage | None = None
+    usage: ResponseUsage | None = None
 
     @model_serializer(mode="wrap")
     def _omit_absent_usage(self, handler) -> dict[str, Any]:

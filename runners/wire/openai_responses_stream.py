@@ -53,7 +53,7 @@ class EventWriter:
             if c.text:
                 if not isinstance(self.open, wire.OutMessage):
                     out += self._open(wire.OutMessage(id=item_id("msg"), status="in_progress", content=[]))
-                    part = wire.OutText(text="")
+                    part = wire.OutputTextPart(text="")
                     out.append(self._event("response.content_part.added", item_id=self.open.id,
                                            output_index=len(self.items) - 1, content_index=0, part=part.model_dump()))
                     self.open.content.append(part)
