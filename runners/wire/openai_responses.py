@@ -116,7 +116,7 @@ def response(body: wire.ResponsesRequest, model: str, response_id: str, created:
         parallel_tool_calls=body.parallel_tool_calls is not False, metadata=body.metadata or {},
         tool_choice=body.tool_choice.model_dump() if isinstance(body.tool_choice, wire.NamedFunctionChoice)
         else body.tool_choice or "auto",
-        tools=[t.model_dump(exclude_none=True) for t in body.tools or []], temperature=body.temperature,
+        tools=[t.model_dump() for t in body.tools or []], temperature=body.temperature,
         top_p=body.top_p, max_output_tokens=body.max_output_tokens, **({"text": text} if text else {}),
         usage=usage_out(usage) if usage is not None else None)
 
