@@ -113,16 +113,20 @@ class OpenAIEndpoint:
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
         raise RunnerFailed(f"{self.where} answered HTTP {response.status_code}: {message}")
 
-    async def complete(self, payload: dict, api: Api = CHAT) -> Answer:
+    async def post(self, path: str, payload: dict, parse: Callable[[Any], Any], what: str) -> Any:
+        """POST JSON, then `parse` the answer's JSON; errors named for this endpoint."""
         try:
-            response = await self.client.post(api.path, json=payload)
+            response = await self.client.post(path, json=payload)
         except httpx.HTTPError as exc:
             raise self.unreachable(exc) from None
         await self.raise_for_status(response)
         try:
-            return api.answer(response.json())
+            return parse(response.json())
         except (ValueError, ValidationError) as exc:
-            raise RunnerFailed(f"{self.where} answered something that is not {api.what}: {exc}") from None
+            raise RunnerFailed(f"{self.where} answered something that is not {what}: {exc}") from None
+
+    async def complete(self, payload: dict, api: Api = CHAT) -> Answer:
+        return await self.post(api.path, payload, api.answer, api.what)
 
     async def stream(self, payload: dict, api: Api = CHAT) -> AsyncIterator[Delta]:
         """Deltas until `[DONE]`; a stream that ends before it is an error, never a silently short answer."""

@@ -207,6 +207,15 @@ class VllmRunner(Runner):
             payload["structured_outputs"] = guided
         return payload
 
+    async def count_tokens(self, request: Request) -> int:
+        """vLLM's own /tokenize: the chat template (and tools) applied as for an answer, or the bare prompt."""
+        payload = self._payload(request, stream=False)
+        body = {k: payload[k] for k in ("model", "messages", "prompt", "tools") if k in payload}
+        if "messages" in body:
+            body["add_generation_prompt"] = True
+        return await self._endpoint.post(f"{self.base_url}/tokenize", body, lambda data: int(data["count"]),
+                                         "a token count")
+
     async def answer(self, request: Request) -> Answer:
         payload = self._payload(request, stream=False)
         try:

@@ -156,6 +156,32 @@ def test_json_schema_response_format(gateway):
     assert isinstance(json.loads(response.json()["choices"][0]["message"]["content"])["city"], str)
 
 
+def test_a_text_completion_goes_to_vllms_own_completions_endpoint(gateway):
+    """(tests/test_completions_e2e.py covers the API on Tier 3; this is the vLLM forwarding, on the real server.)"""
+    body = {"model": "tier:2", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0, "logprobs": 2}
+    response = httpx.post(f"{gateway.base_url}/v1/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert "Paris" in choice["text"] and "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    assert 3 <= response.json()["usage"]["prompt_tokens"] <= 10  # the bare prompt, no chat template
+    with httpx.stream("POST", f"{gateway.base_url}/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["text"] for e in events[:-1]) == choice["text"]
+
+
+def test_messages_and_count_tokens_on_vllm(gateway):
+    """Anthropic's Messages endpoint in front of Tier 2; count_tokens asks vLLM's own tokenizer."""
+    body = {"model": "tier:2", "max_tokens": 8, "temperature": 0, "messages": QUESTION}
+    answer = httpx.post(f"{gateway.base_url}/v1/messages", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert "Paris" in answer.json()["content"][0]["text"]
+    counted = httpx.post(f"{gateway.base_url}/v1/messages/count_tokens", timeout=60,
+                         json={"model": "tier:2", "messages": QUESTION})
+    assert counted.headers["x-token-count"] == "exact"
+    assert counted.json()["input_tokens"] == answer.json()["usage"]["input_tokens"]
+
+
 def test_an_edited_vllm_placement_goes_live_once_the_new_server_is_ready(gateway):
     """A promoted model or edited placement on a vLLM tier: the new server starts while the old one serves,
     takes the tier once it is ready (a vLLM runner is always `starting` at first), and the old one is drained
