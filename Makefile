@@ -101,6 +101,13 @@ eval-table: $(STAMP)
 		--model qwen2.5-coder-0.5b-instruct-q4_k_m --concurrency 2 \
 		--report-md .data/evals-table.md --report-html .data/evals-report.html
 
+# The article on real measurements, offline and without keys, on the demo profile (about 2 minutes; a smaller
+# replay under CI=true): labelled requests through the shipped features, feedback, the audit, the reading.
+DEMO_OUT ?= .data/demo
+.PHONY: demo
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m evals.demo --out $(DEMO_OUT)
+
 # The reference tables in docs/ (options, configuration keys, ledger tables, layout), rewritten from the code;
 # tests/test_docs.py (part of `make test`) fails when they drift or when the docs name what the code lacks.
 .PHONY: docs
