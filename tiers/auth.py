@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from hardware.config import load_yaml_model
 from hardware.errors import ConfigError
 from tiers.errors import Forbidden, RateLimited, Unauthorized
-from tiers.budgets import SpendMeter, period_end
+from tiers.budgets import Limit, period_end
 from tiers.routing import Route
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -55,6 +55,18 @@ class ClientKey(BaseModel):
         if route.feature is None:
             return self.direct_tiers
         return "*" in self.features or route.feature in self.features
+
+    def spend_limits(self) -> list[Limit]:
+        """The spend cap as a limit the recorder admits requests against (tiers/recorder.py)."""
+        cap = self.spend_cap
+        if cap is None:
+            return []
+
+        def refuse(spent: float) -> RateLimited:
+            return RateLimited(f"key {self.id!r} has spent ${spent:.4f} of its ${cap.usd:.2f} {cap.period}ly cap",
+                               retry_after=max(1.0, period_end(cap.period) - time.time()), code="spend_cap_exceeded")
+
+        return [Limit("client_key_id", self.id, cap.period, cap.usd, refuse)]
 
 
 class KeysFile(BaseModel):
@@ -107,16 +119,15 @@ def is_loopback(host: str) -> bool:
 
 
 class Access:
-    def __init__(self, keys: KeysFile | None, spend: SpendMeter | None = None):
+    def __init__(self, keys: KeysFile | None):
         self.keys = keys
-        self.spend = spend
         self._by_hash = {k.sha256: k for k in keys.keys} if keys else {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_file(cls, path: Path | None, spend: SpendMeter | None = None) -> Access:
-        return cls(load_yaml_model(path, KeysFile) if path else None, spend)
+    def from_file(cls, path: Path | None) -> Access:
+        return cls(load_yaml_model(path, KeysFile) if path else None)
 
     @property
     def keyless(self) -> bool:
@@ -151,7 +162,8 @@ class Access:
             raise Unauthorized("invalid admin key")
 
     def admit(self, key: ClientKey | None, route: Route) -> None:
-        """Feature access, then the request bucket, the token bucket and the spend cap, before any work."""
+        """Feature access, then the request bucket and the token bucket, before any work (the spend cap is
+        checked and reserved with the feature's budget: Recorder.admit)."""
         if key is None:
             return
         if not key.may_call(route):
@@ -171,13 +183,6 @@ class Access:
                 if wait > 0:
                     raise RateLimited(f"key {key.id!r} is over {limit.tokens_per_minute} tokens per minute",
                                       retry_after=wait)
-        cap = key.spend_cap
-        if cap and self.spend is not None:
-            spent = self.spend.spent("client_key_id", key.id, cap.period)
-            if spent >= cap.usd:
-                raise RateLimited(f"key {key.id!r} has spent ${spent:.4f} of its ${cap.usd:.2f} {cap.period}ly cap",
-                                  retry_after=max(1.0, period_end(cap.period) - time.time()),
-                                  code="spend_cap_exceeded")
 
     def charge(self, key: ClientKey | None, tokens: int) -> None:
         if key is None or not key.rate_limit or not key.rate_limit.tokens_per_minute:

@@ -1,9 +1,14 @@
 """Spend per period, from the ledger, kept current in memory: feature budgets and client-key spend caps.
 
 Admission is a reservation: `SpendMeter.admit` checks every limit of a request and reserves the request's
-estimated cost against all of them in one step under one lock, so concurrent requests cannot all pass the
-same check before any of them is charged. `settle` releases the reservation and books the rows' real cost
-when the request's rows are recorded. A limit is reached when spend plus what is reserved is at or over it.
+cost against all of them in one step under one lock, so concurrent requests cannot all pass the same check
+before any of them is charged. `settle` releases the reservation and books the rows' real cost when the
+request's rows are recorded. A limit is reached when spend plus what is reserved is at or over it.
+
+What is reserved (`reservation_usd`) is the request's worst-case completion (max_tokens for each of its n
+choices) and an estimate of its prompt (the caller's token estimate), at the serving tier's price. A cascade's
+escalation to a dearer tier is not reserved: a `block` budget can be overshot by what escalations and
+prompt underestimates of the requests in flight add, never by a burst that passed one check together.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from hardware.errors import TierRunnerError
+from hardware.profile import Price
 from tiers.errors import BudgetExceeded
 from tiers.ledger import schema
 from tiers.ledger.rows import LedgerRow
@@ -50,6 +56,11 @@ def period_end(period: str, now: float | None = None) -> float:
         return (start + dt.timedelta(days=7)).timestamp()
     return (start.replace(year=start.year + 1, month=1) if start.month == 12
             else start.replace(month=start.month + 1)).timestamp()
+
+
+def reservation_usd(price: Price, prompt_tokens: int, max_tokens: int | None, n: int = 1) -> float:
+    """What admitting a request reserves: its prompt and every token it may generate, at its tier's price."""
+    return price.cost_usd(prompt_tokens, (max_tokens or 0) * n)
 
 
 @dataclass(frozen=True)
@@ -117,10 +128,12 @@ class SpendMeter:
                 figure.reserved += usd
             return Reservation(usd, figures), reached
 
-    def settle(self, reservation: Reservation | None, rows: list[LedgerRow]) -> None:
-        """Release the reservation (once) and book the rows' cost, in one step."""
+    def settle(self, reservations: list[Reservation], rows: list[LedgerRow]) -> None:
+        """Release the reservations (each once) and book the rows' cost, in one step."""
         with self._lock:
-            if reservation is not None and not reservation.settled:
+            for reservation in reservations:
+                if reservation.settled:
+                    continue
                 reservation.settled = True
                 for figure in reservation.figures:
                     figure.reserved = max(0.0, figure.reserved - reservation.usd)

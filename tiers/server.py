@@ -35,7 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url)
     recorder = Recorder(ledger, metrics)
-    access = Access.from_file(settings.keys, recorder.spend)
+    access = Access.from_file(settings.keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -20,13 +20,14 @@ from runners.request import Request
 from runners.request_checks import check_request
 from tiers import dispatch, request_defaults
 from tiers.auth import Access
+from tiers.budgets import reservation_usd
 from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
 from tiers.cache.store import Hit
 from tiers.dispatch import Dispatch
 from tiers.live_config import LiveConfig
 from tiers.policy import gates as policy_gates
 from tiers.recorder import Recorder
-from tiers.serving import records
+from tiers.serving import counting, records
 from tiers.serving.records import Call, Summary
 from tiers.serving.streaming import recorded_stream
 
@@ -78,7 +79,8 @@ class Service:
             request, overridden = request_defaults.apply(d.route.spec and d.route.spec.request, request,
                                                          self.default_max_tokens)
             self.access.admit(call.client_key, d.route)
-            self.recorder.check_budget(d.route)
+            self.recorder.admit(d.route, call.client_key, call.request_id, reservation_usd(
+                self.runners.price(d.runner.tier), counting.estimate(request), request.max_tokens, request.n))
             policy = self._cache_policy(d, request)
             if policy is not None:
                 found = await self.cache.lookup(d.route.feature, request, d.runner.tier, d.runner.model_name, policy,
