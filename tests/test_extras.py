@@ -55,6 +55,14 @@ def test_a_postgresql_ledger_without_psycopg_stops_serve_at_start(tmp_path):
     assert "pip install 'value-tier-runner[postgres]'" in result.stderr and "serving on" not in result.stderr
 
 
+def test_a_redis_cache_without_redis_stops_serve_at_start(tmp_path):
+    result = tier_runner_without("redis", "serve", "--profile", "cpu-tier3", "--port", str(free_port()),
+                                 "--data-dir", str(tmp_path / "data"), "--cache-backend", "redis",
+                                 "--redis-url", "redis://127.0.0.1:9/0")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "pip install 'value-tier-runner[redis]'" in result.stderr and "serving on" not in result.stderr
+
+
 def test_an_html_audit_without_matplotlib_stops_before_reading_the_ledger(tmp_path):
     result = tier_runner_without("matplotlib", "audit", "--format", "html", "--data-dir", str(tmp_path / "none"),
                                  "--output", str(tmp_path / "audit.html"))

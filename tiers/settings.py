@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hardware.extras import require_extra
 from tiers.routing import DEFAULT_ROUTING
 
 
@@ -37,6 +38,8 @@ class Settings(BaseModel):
     def _redis_needs_url(self) -> Settings:
         if self.cache_backend == "redis" and not self.redis_url:
             raise ValueError("cache_backend redis needs redis_url (e.g. redis://127.0.0.1:6379/0)")
+        if self.cache_backend == "redis":
+            require_extra("redis", "redis", "--cache-backend redis")
         return self
 
     def ledger_database_url(self) -> str:
