@@ -36,6 +36,10 @@ class VllmOptions(BaseModel):
     cpu_kvcache_space_gib: int | None = Field(default=None, ge=1, le=1024,
                                               description="VLLM_CPU_KVCACHE_SPACE: KV cache size on CPU, in GiB")
     port: int | None = Field(default=None, ge=1, le=65535, description="port on 127.0.0.1; default a free one")
+    tool_call_parser: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$", description=(
+        "vLLM's parser for the model's tool-call syntax (hermes for Qwen2.5 and Hermes models, llama3_json, mistral, "
+        "...): sets --enable-auto-tool-choice --tool-call-parser, which tool_choice auto needs; required and named "
+        "calls work without it (vLLM constrains them with its own structured output)"))
     extra_args: list[str] = Field(default_factory=list, description="more vLLM server flags, passed as given")
     env: dict[str, str] = Field(default_factory=dict, description="more environment variables for the server")
     startup_timeout_s: float = Field(default=600, gt=0, description="longest wait for /health and /v1/models")
@@ -108,6 +112,8 @@ def command(runner: VllmRunner, model: str, port: int) -> list[str]:
         cmd += ["--max-num-seqs", str(opts.max_num_seqs)]
     if opts.enforce_eager:
         cmd.append("--enforce-eager")
+    if opts.tool_call_parser:
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", opts.tool_call_parser]
     return cmd + list(opts.extra_args)
 
 

@@ -47,6 +47,7 @@ tiers:
     enforce_eager: true
     max_model_len: 1024
     cpu_kvcache_space_gib: 1
+    tool_call_parser: hermes
     stop_timeout_s: 10
     restart: {{backoff_s: 1, backoff_max_s: 8, check_interval_s: 0.5}}
 """
@@ -154,6 +155,57 @@ def test_json_schema_response_format(gateway):
                     response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
     assert response.status_code == 200, response.text
     assert isinstance(json.loads(response.json()["choices"][0]["message"]["content"])["city"], str)
+
+
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather for a city",
+                                           "parameters": WEATHER_SCHEMA}},
+         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_calls_pass_through_to_vllm(gateway, choice):
+    from tests.openai_schema import validate
+
+    body = {"model": "tier:2", "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+            "tools": TOOLS, "tool_choice": choice, "temperature": 0, "max_tokens": 60}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    validate(response.json(), "CreateChatCompletionResponse")
+    calls = response.json()["choices"][0]["message"]["tool_calls"]
+    assert calls and all(c["function"]["name"] in ("get_weather", "get_time") for c in calls)
+    assert response.json()["choices"][0]["finish_reason"] in ("tool_calls", "stop")
+    if isinstance(choice, dict):
+        assert {c["function"]["name"] for c in calls} == {"get_weather"}
+    for call in calls:
+        json.loads(call["function"]["arguments"])  # vLLM's arguments are JSON; the schema is the gate's to check
+
+
+def test_a_tool_feature_on_vllm_is_gated_and_a_bad_call_is_never_returned(gateway):
+    """vLLM's CPU build named-calls get_weather with arguments "gaben" (JSON, but not the schema's object): the
+    tool_call gate fails it, and with no stronger tier in this profile the unverified call is a 503, not a 200."""
+    body = {"model": "feature:field-extraction", "messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+            "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_weather"}}, "temperature": 0,
+            "max_tokens": 60}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 503, response.text
+    assert "failed its gate on tier 2 (tool_call:schema_violation@get_weather/root)" in response.json()["error"]["message"]
+
+
+def test_tool_choice_auto_reaches_vllms_tool_parser(gateway):
+    """`tool_call_parser: hermes` in the profile starts vLLM with --enable-auto-tool-choice; without it vLLM
+    answers auto with a 400. SmolLM2 answers this one in text."""
+    assert "--tool-call-parser hermes" in " ".join(_vllm_cmdline(gateway))
+    body = {"model": "tier:2", "messages": [{"role": "user", "content": "Say hello."}], "tools": TOOLS,
+            "tool_choice": "auto", "temperature": 0, "max_tokens": 16}
+    response = httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
+
+
+def _vllm_cmdline(gateway) -> list[str]:
+    (pid,) = vllm_processes(parent=gateway.proc.pid)
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
 
 
 def test_a_text_completion_goes_to_vllms_own_completions_endpoint(gateway):
