@@ -29,8 +29,9 @@ ROUTING = """features:
   ticket-triage: {tier: 3, value: retention, owner: support, failure_cost_usd: 1}
   budgeted: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0, budget: {usd: 100, period: day, action: block}}
 """
-SECRET = "tr-test-key-for-the-outage-0001"
-KEYS = f"""keys:
+SECRET, ADMIN = "tr-test-key-for-the-outage-0001", "tr-test-admin-key-for-the-outage"
+KEYS = f"""admin_sha256: {hash_key(ADMIN)}
+keys:
   - {{id: capped-client, sha256: {hash_key(SECRET)}, spend_cap: {{usd: 100, period: month}}}}
 """
 ASK = [{"role": "user", "content": "Reply with one word: hello"}]
@@ -83,6 +84,8 @@ def test_a_database_outage_is_served_and_spooled_then_replayed(postgres, fresh_p
             feedback = httpx.post(f"{server.base_url}/v1/feedback", headers=auth, timeout=30,
                                   json={"request_id": answers[0].headers["x-request-id"], "outcome": "accepted"})
             assert feedback.status_code == 503 and feedback.json()["error"]["code"] == "ledger_unavailable"
+            audit = httpx.get(f"{server.base_url}/v1/audit", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+            assert audit.status_code == 503 and audit.json()["error"]["code"] == "ledger_unavailable"
         finally:
             postgres.launch()
         deadline = time.monotonic() + 30

@@ -8,7 +8,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
+from tiers.errors import LedgerUnavailable
 from tiers.ledger import schema
 
 NEGATIVE_FEEDBACK = {"corrected", "escalated_to_human", "negative"}
@@ -69,14 +71,18 @@ class GroupStats:
 def load_window(engine: Engine, since: float, until: float) -> tuple[list[dict], dict[str, str]]:
     """Attempt rows in [since, until) and each request's latest feedback outcome."""
     a, f = schema.attempts, schema.feedback
-    with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(
-            select(a).where(a.c.ts >= since, a.c.ts < until).order_by(a.c.ts))]
-        request_ids = {r["request_id"] for r in rows}
-        outcomes: dict[str, str] = {}
-        for request_id, outcome in conn.execute(select(f.c.request_id, f.c.outcome).order_by(f.c.ts, f.c.id)):
-            if request_id in request_ids:
-                outcomes[request_id] = outcome
+    try:
+        with engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(
+                select(a).where(a.c.ts >= since, a.c.ts < until).order_by(a.c.ts))]
+            request_ids = {r["request_id"] for r in rows}
+            outcomes: dict[str, str] = {}
+            for request_id, outcome in conn.execute(select(f.c.request_id, f.c.outcome).order_by(f.c.ts, f.c.id)):
+                if request_id in request_ids:
+                    outcomes[request_id] = outcome
+    except SQLAlchemyError:
+        raise LedgerUnavailable("the ledger database is unavailable, and the audit reads it; retry later "
+                                "(GET /ready shows the ledger's state)") from None
     return rows, outcomes
 
 
