@@ -108,7 +108,13 @@ def test_vllm_command_line_and_output_are_redacted_and_relayed_at_debug(tmp_path
         while "vLLM warning line" not in server.output():
             assert server.proc.poll() is None and time.monotonic() < deadline, server.output()[-3000:]
             time.sleep(0.2)
-        ready = httpx.get(f"{server.base_url}/ready", timeout=5).text
+        while True:  # vLLM (still starting) does not hold /ready back; the rest of the start may
+            try:
+                ready = httpx.get(f"{server.base_url}/ready", timeout=5).text
+                break
+            except httpx.ConnectError:
+                assert server.proc.poll() is None and time.monotonic() < deadline + 120, server.output()[-3000:]
+                time.sleep(0.2)
     finally:
         server.stop()
     log = server.output()
