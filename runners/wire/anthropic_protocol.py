@@ -1,7 +1,7 @@
 """Anthropic Messages JSON as pydantic models: what clients send our /v1/messages and what we answer.
 
 Requests are strict (`extra="forbid"`): a field we do not honour (`thinking`, `top_k`, server tools,
-`container`, ...) is a 400 that names it. `cache_control` is accepted on blocks and tools and has no
+`container`, ...) is a 400 that names it. `cache_control` is accepted (top level, blocks, tools) and has no
 effect: it is a hint about Anthropic's prompt cache, not about the answer.
 """
 
@@ -129,6 +129,7 @@ class MessagesRequest(_Strict):
     metadata: Metadata | None = None
     tools: list[AnthropicTool] | None = Field(default=None, max_length=128)
     tool_choice: AnthropicToolChoice | None = None
+    cache_control: CacheControl | None = Field(default=None, description="accepted, no effect")
 
 
 class CountTokensRequest(_Strict):

@@ -3,7 +3,6 @@ chunks) out. A prompt is plain text: no chat template is applied."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
@@ -26,7 +25,8 @@ async def completions(body: CompletionRequest, request: Request, key: Client,
     internals = openai_completions.to_requests(body)
     call = Call(request.state.request_id, "completions", body.model, x_feature, key)
     service = request.app.state.service
-    replies = await asyncio.gather(*(service.handle(call, internal) for internal in internals))
+    # One after another: each prompt's budget reservation is settled (by its rows) before the next is admitted.
+    replies = [await service.handle(call, internal) for internal in internals]
     first = replies[0]
     if first.deltas is not None:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
