@@ -19,7 +19,7 @@ from runners.answer import Answer, Choice, ChoiceDelta, Delta, TokenLogprob, Top
 from runners.base import Runner, RunnerStatus, register_runner
 from runners.capabilities import Capabilities
 from runners.errors import ContextLengthExceeded, InvalidRequest, TierUnavailable
-from runners.llama_engine import EngineOptions, Finished, LlamaEngine, Piece, SamplingParams, TokenInfo
+from runners.llama import EngineOptions, Finished, LlamaEngine, Piece, SamplingParams, TokenInfo
 from runners.request import Request
 
 

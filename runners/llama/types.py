@@ -1,0 +1,76 @@
+"""What the engine takes and gives: its options, one request's sampling settings, and the events it yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hardware.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    threads: int
+    n_ctx: int  # per sequence
+    max_batch: int  # sequences decoded together (one KV slot each; a request with n choices takes n)
+    n_batch: int  # tokens per decode step, prefill chunks included
+    max_queue: int  # requests waiting for slots before new ones are refused
+    kv_unified: bool = True  # one KV buffer for all sequences (fastest); False: one per sequence, batch-invariant
+    # KV cells shared by all sequences. None: n_ctx x max_batch, so the cache can never fill. Smaller
+    # oversubscribes memory (most requests are short); when it fills, sequences wait and are recomputed.
+    kv_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kv_size is not None:
+            if not self.kv_unified:
+                raise ConfigError("kv_size needs kv_unified: true (with one KV buffer per sequence, each has n_ctx cells)")
+            if self.kv_size < self.n_ctx:
+                raise ConfigError(f"kv_size {self.kv_size} is smaller than n_ctx {self.n_ctx}: one request could never "
+                                  "fit; raise kv_size or lower n_ctx")
+
+    @property
+    def kv_cells(self) -> int:
+        return self.kv_size or self.n_ctx * self.max_batch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None  # choice i of n samples with seed + i
+    max_tokens: int = 256
+    min_tokens: int = 0  # end of turn (and stop strings) held off until this many tokens are out, as vLLM does
+    stop: tuple[str, ...] = ()
+    grammar: str | None = None  # GBNF, root rule "root"
+    grammar_lazy: bool = False  # the grammar applies only from the first match of a trigger on
+    grammar_triggers: tuple[str, ...] = ()  # regexes (ECMAScript); the grammar sees the text from the match
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class TokenInfo:
+    """One generated token with its log-probability and the most likely alternatives."""
+
+    text: str
+    token_bytes: bytes
+    logprob: float
+    top: list[tuple[str, bytes, float]]
+
+
+@dataclass
+class Piece:
+    """New text of choice `index`; with logprobs, `tokens` are exactly the tokens of `text`."""
+
+    index: int
+    text: str
+    tokens: list[TokenInfo]
+
+
+@dataclass
+class Finished:
+    """Choice `index` ended: "stop" (end of turn, a stop string, a finished grammar) or "length"."""
+
+    index: int
+    reason: str
+    prompt_tokens: int  # the same for every choice: the prompt is computed once
+    completion_tokens: int
