@@ -1,4 +1,9 @@
-"""Tier 3: a quantized GGUF model on CPU through llama.cpp, in process."""
+"""Tier 3: a quantized GGUF model on CPU through llama.cpp, in process.
+
+The prompt is the model's own chat template with the tools (runners/llama_prompt.py); tool calls are
+grammar-constrained and read back out of the text (runners/llama_tools.py); n choices decode side by side
+from one prefill of the prompt (runners/llama_choices.py turns the engine's events into deltas).
+"""
 
 from __future__ import annotations
 
@@ -15,11 +20,14 @@ from hardware.catalog import load_catalog, resolve_model_file
 from hardware.errors import ConfigError
 from hardware.fit import LLAMA_OVERHEAD, Need, gguf_shape, kv_bytes_per_token
 from hardware.profile import Device
-from runners.answer import Answer, Choice, ChoiceDelta, Delta, TokenLogprob, TopLogprob, Usage
+from runners.answer import Answer, AnswerBuilder, Delta
 from runners.base import Runner, RunnerStatus, register_runner
 from runners.capabilities import Capabilities
 from runners.errors import ContextLengthExceeded, InvalidRequest, TierUnavailable
-from runners.llama import EngineOptions, Finished, LlamaEngine, Piece, SamplingParams, TokenInfo
+from runners.llama import EngineOptions, LlamaEngine, SamplingParams
+from runners.llama_choices import choice_deltas
+from runners.llama_prompt import ChatPrompt
+from runners.llama_tools import ToolPlan, plan_tools
 from runners.request import Request
 
 
@@ -43,7 +51,7 @@ class LlamaCppRunner(Runner):
     kind = "llamacpp"
     Options = LlamaCppOptions
     options: LlamaCppOptions
-    capabilities = Capabilities(penalties=False, prompt=True)
+    capabilities = Capabilities(tools=True, max_n=8, stream_n=True, min_tokens=True, penalties=False, prompt=True)
 
     def model_file(self) -> Path:
         if self.model_name.endswith(".gguf"):
@@ -60,8 +68,6 @@ class LlamaCppRunner(Runner):
         return Need(self.tier, self.placement.device or "cpu", self.device or Device(kind="cpu"), size, kv, LLAMA_OVERHEAD)
 
     async def start(self) -> None:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         self.lifecycle.to("starting")
         try:
             opts = self.options
@@ -76,7 +82,7 @@ class LlamaCppRunner(Runner):
             if template is None:
                 raise ConfigError(f"{self.model_name} has no chat template in its GGUF metadata; use an instruct model")
             bos, eos = self.engine.bos_eos()
-            self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+            self._prompt = ChatPrompt(template, bos, eos)
         except Exception as exc:
             self.lifecycle.to("failed", str(exc))
             raise
@@ -105,17 +111,18 @@ class LlamaCppRunner(Runner):
         return engine.failure if engine is not None else None
 
     # -- request translation ---------------------------------------------------------------
-    def prepare(self, request: Request) -> tuple[list[int], SamplingParams]:
+    def prepare(self, request: Request) -> tuple[list[int], SamplingParams, ToolPlan | None]:
         if not self.serving():
             state = self.status()
             raise TierUnavailable(f"tier {self.tier} ({self.model_name}) is {state.state}; see GET /ready")
+        plan = plan_tools(request) if request.prompt is None else None
+        if plan is not None and request.response_format is not None and request.response_format.type != "text":
+            raise InvalidRequest("response_format: this tier constrains a tool call or a structured answer, not both at "
+                                 "once; drop response_format, or send tool_choice none", param="response_format")
         if request.prompt is not None:
             prompt = self.engine.tokenize(request.prompt, add_special=True, parse_special=False)
         else:
-            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                        for m in request.messages]
-            prompt_text = self._formatter(messages=messages).prompt
-            prompt = self.engine.tokenize(prompt_text, add_special=False, parse_special=True)
+            prompt = self.engine.tokenize(self._prompt.render(request), add_special=False, parse_special=True)
         n_ctx = self.options.n_ctx
         limit = request.max_tokens
         if len(prompt) >= n_ctx or (limit is not None and len(prompt) + limit > n_ctx):
@@ -130,46 +137,34 @@ class LlamaCppRunner(Runner):
             top_p=1.0 if request.top_p is None else request.top_p,
             seed=request.seed,
             max_tokens=limit or n_ctx - len(prompt),
+            min_tokens=request.min_tokens or 0,
             stop=tuple(request.stop),
-            grammar=_grammar_for(request),
+            grammar=plan.grammar if plan is not None else _grammar_for(request),
+            grammar_lazy=plan is not None and plan.lazy,
+            grammar_triggers=plan.triggers if plan is not None else (),
             logprobs=request.logprobs,
             top_logprobs=request.top_logprobs or 0,
         )
-        return prompt, params
+        return prompt, params, plan
 
     async def count_tokens(self, request: Request) -> int:
         """The prompt exactly as `prepare` renders and tokenizes it (too long for n_ctx: the same 400 it gets)."""
-        prompt, _ = self.prepare(request.model_copy(update={"max_tokens": None}))
+        prompt, _, _ = self.prepare(request.model_copy(update={"max_tokens": None}))
         return len(prompt)
 
     # -- answering --------------------------------------------------------------------------
     async def answer(self, request: Request) -> Answer:
-        prompt, params = self.prepare(request)
-        text: list[str] = []
-        tokens: list[TokenInfo] = []
-        finished: Finished | None = None
-        async for event in self.engine.generate(prompt, params):
-            if isinstance(event, Piece):
-                text.append(event.text)
-                tokens.extend(event.tokens)
-            else:
-                finished = event
-        assert finished is not None
-        choice = Choice(text="".join(text), finish_reason=finished.reason,
-                        logprobs=_logprobs(tokens) if params.logprobs else None)
-        return Answer(model=self.model_name, choices=[choice], usage=_usage(finished))
+        whole = AnswerBuilder(self.model_name)
+        async for delta in self.answer_stream(request):
+            whole.add(delta)
+        return whole.answer()
 
     async def answer_stream(self, request: Request) -> AsyncIterator[Delta]:
-        prompt, params = self.prepare(request)
-        generation = self.engine.generate(prompt, params)
+        prompt, params, plan = self.prepare(request)
+        generation = self.engine.generate(prompt, params, n=request.n)
         try:
-            async for event in generation:
-                if isinstance(event, Piece):
-                    logprobs = _logprobs(event.tokens) if params.logprobs else None
-                    yield Delta(choices=[ChoiceDelta(text=event.text, logprobs=logprobs)])
-                else:
-                    yield Delta(choices=[ChoiceDelta(finish_reason=event.reason)])
-                    yield Delta(usage=_usage(event))
+            async for delta in choice_deltas(generation, request.n, plan, params.logprobs):
+                yield delta
         finally:
             await generation.aclose()
 
@@ -184,13 +179,3 @@ def _grammar_for(request: Request) -> str | None:
         return json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter raises plain exceptions for schemas it cannot express
         raise InvalidRequest(f"the JSON schema cannot be enforced by a grammar: {exc}", param="response_format") from None
-
-
-def _usage(finished: Finished) -> Usage:
-    return Usage(prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens)
-
-
-def _logprobs(tokens: list[TokenInfo]) -> list[TokenLogprob]:
-    return [TokenLogprob(token=t.text, logprob=t.logprob, bytes=list(t.token_bytes),
-                         top_logprobs=[TopLogprob(token=s, bytes=list(b), logprob=lp) for s, b, lp in t.top])
-            for t in tokens]

@@ -189,3 +189,29 @@ def redis_url(tmp_path_factory):
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+TOOL_PROFILE = """devices: {cpu: {kind: cpu}}
+tiers:
+  3: {runner: llamacpp, device: cpu, model: qwen2.5-coder-0.5b-instruct-q4_k_m, max_batch: 4}
+  2: {runner: llamacpp, device: cpu, model: smollm2-135m-instruct-q4_1, max_batch: 4}
+"""
+TOOL_ROUTING = """features:
+  weather-agent: {tier: 3, value: retention, owner: support, failure_cost_usd: 2}
+"""
+
+
+@pytest.fixture(scope="session")
+def tool_gateway(tmp_path_factory) -> ServerProcess:
+    """Both shipped GGUF models on llama.cpp for the tool tests: Qwen2.5-Coder-0.5B (its template knows tools) on
+    tier:3, SmolLM2 (its template does not) on tier:2; feature weather-agent routes to Qwen."""
+    root = tmp_path_factory.mktemp("tools")
+    (root / "profile.yaml").write_text(TOOL_PROFILE)
+    (root / "routing.yaml").write_text(TOOL_ROUTING)
+    proc = ServerProcess("--profile", str(root / "profile.yaml"), "--routing", str(root / "routing.yaml"),
+                         log_path=root / "gateway.log")
+    try:
+        proc.wait_ready(timeout=300)
+        yield proc
+    finally:
+        proc.stop()
