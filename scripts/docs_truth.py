@@ -16,7 +16,8 @@ import yaml
 # Flags of other programs that the docs quote on their own; every other `--flag` must be an option of a
 # tier-runner command, or follow a program below, or a script of this repository that reads it.
 FOREIGN_OPTIONS = {"--no-deps": "pip", "--enforce-eager": "vLLM's server",
-                   "--interrupt_requests": "llama-cpp-python's server"}
+                   "--interrupt_requests": "llama-cpp-python's server", "--jinja": "llama.cpp's server",
+                   "--enable-auto-tool-choice": "vLLM's server", "--tool-call-parser": "vLLM's server"}
 FOREIGN_PROGRAMS = ("llama-server", "litellm", "pip", "cmake", "vllm")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 

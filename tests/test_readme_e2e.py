@@ -100,6 +100,9 @@ def test_every_readme_request_answers_within_its_contract(server):
                 assert response.status_code == 200 and response.json()["status"] == "recorded", response.text
                 continue
             within_contract(payload["model"], response)
+            if payload.get("tool_choice") == "required":  # the README's tool call: a call, whose arguments parse
+                assert response.json()["choices"][0]["finish_reason"] == "tool_calls", response.text
+                json.loads(response.json()["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"])
             last_request_id = response.headers["x-request-id"]
             if payload["model"] == "feature:ticket-triage":
                 assert json.loads(response.json()["choices"][0]["message"]["content"]) == "billing"
