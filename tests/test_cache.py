@@ -29,22 +29,31 @@ def answer(text: str) -> Answer:
 
 
 @pytest.fixture(params=["memory", "redis"])
-def cache(request):
+def make_cache(request):
+    """A SemanticCache on each backend (Redis flushed first); call it again for a second replica."""
+    url = None
     if request.param == "redis":
         url = request.getfixturevalue("redis_url")
         import redis
 
         redis.Redis.from_url(url).flushdb()
-        return SemanticCache("minilm", "redis", url)
-    return SemanticCache("minilm", "memory")
+    return lambda embedder="minilm", **kw: SemanticCache(embedder, request.param, url, **kw)
 
 
-async def put(cache, text, reply, request_id, policy=POLICY, **kw):
-    await cache.store("faq", ask(text, **kw), 3, "m", policy, answer(reply), request_id)
+@pytest.fixture
+def cache(make_cache):
+    return make_cache()
 
 
-async def get(cache, text, request_id="req_q", policy=POLICY, **kw):
-    found = await cache.lookup("faq", ask(text, **kw), 3, "m", policy, request_id)
+async def put(cache, text, reply, request_id, policy=POLICY, key=None, feature="faq", **kw):
+    """Store an answer, as client key `key` (None: a keyless server)."""
+    scope = () if key is None else (key,)
+    return await cache.store(feature, ask(text, **kw), 3, "m", policy, answer(reply), request_id, *scope)
+
+
+async def get(cache, text, request_id="req_q", policy=POLICY, key=None, feature="faq", **kw):
+    scope = () if key is None else (key,)
+    found = await cache.lookup(feature, ask(text, **kw), 3, "m", policy, request_id, *scope)
     return found[0].first.text if found else None
 
 

@@ -27,15 +27,23 @@ from tiers.settings import Settings
 @click.option("--redis-url", default=None, envvar="TIER_RUNNER_REDIS_URL", help="for --cache-backend redis")
 @click.option("--cache-embedder", type=click.Choice(["minilm", "llamacpp"]), default="minilm", show_default=True,
               envvar="TIER_RUNNER_CACHE_EMBEDDER")
+@click.option("--cache-embedder-model", default=None, envvar="TIER_RUNNER_CACHE_EMBEDDER_MODEL",
+              help="for --cache-embedder llamacpp: a GGUF of the model catalog (default: the one Tier 3 serves)")
+@click.option("--cache-max-entries", type=click.IntRange(1), default=100_000, show_default=True,
+              envvar="TIER_RUNNER_CACHE_MAX_ENTRIES", help="entries over the whole cache, every feature together")
+@click.option("--cache-max-bytes", type=click.IntRange(1 << 20), default=256 << 20, show_default=True,
+              envvar="TIER_RUNNER_CACHE_MAX_BYTES", help="bytes over the whole cache, every feature together")
 @click.option("--keys", type=click.Path(path_type=Path), default=None, envvar="TIER_RUNNER_KEYS",
               help="client API keys (YAML of sha256 hashes); without it the server is keyless and loopback-only")
 @click.option("--default-max-tokens", type=click.IntRange(1, 32_768), default=512, show_default=True,
               envvar="TIER_RUNNER_DEFAULT_MAX_TOKENS",
               help="max_tokens for requests that set none and whose feature's request block sets none")
-@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]),
+              envvar="TIER_RUNNER_LOG_LEVEL")
 def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
           ledger_url: str | None, cache_backend: str, redis_url: str | None, cache_embedder: str,
-          keys: Path | None, default_max_tokens: int, log_level: str) -> None:
+          cache_embedder_model: str | None, cache_max_entries: int, cache_max_bytes: int, keys: Path | None,
+          default_max_tokens: int, log_level: str) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
@@ -43,7 +51,8 @@ def serve(host: str, port: int, profile: str, routing: Path | None, max_body_byt
 
     fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level,
               "data_dir": data_dir, "ledger_url": ledger_url, "cache_backend": cache_backend, "redis_url": redis_url,
-              "cache_embedder": cache_embedder, "keys": keys,
+              "cache_embedder": cache_embedder, "cache_embedder_model": cache_embedder_model,
+              "cache_max_entries": cache_max_entries, "cache_max_bytes": cache_max_bytes, "keys": keys,
               "default_max_tokens": default_max_tokens}
     if routing is not None:
         fields["routing"] = routing

@@ -51,3 +51,11 @@ class LedgerUnavailable(TierRunnerError):
     status_code = 503
     error_type = "service_unavailable"
     code = "ledger_unavailable"
+
+
+class CacheUnavailable(TierRunnerError):
+    """The semantic cache's backend (Redis) fails: answers are served by the model; invalidation must wait."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "cache_unavailable"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -10,6 +11,15 @@ from prometheus_client.core import GaugeMetricFamily
 from tiers.ledger.rows import LedgerRow
 
 LABELS = ("feature", "tier", "model")
+DIRECT_TIER = re.compile(r"tier:[123]")
+
+
+def feature_label(row: LedgerRow) -> str:
+    """A feature of the routing table, `tier:<n>`, or `unknown`: a name a client made up (an unknown model or a
+    misspelt feature) never becomes a label value of its own, so the label set stays bounded."""
+    if row.feature:
+        return row.feature
+    return row.route if DIRECT_TIER.fullmatch(row.route) else "unknown"
 
 
 class Metrics:
@@ -39,7 +49,7 @@ class Metrics:
 
     def observe(self, rows: list[LedgerRow]) -> None:
         for row in rows:
-            labels = (row.feature or row.route, str(row.serving_tier or ""), row.model or "")
+            labels = (feature_label(row), str(row.serving_tier or ""), row.model or "")
             self.attempts.labels(*labels).inc()
             if row.final:
                 self.requests.labels(*labels).inc()

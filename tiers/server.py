@@ -16,7 +16,10 @@ from tiers.api import admin, anthropic_messages, openai_chat, openai_completions
 from tiers.api.errors import install_error_handlers
 from tiers.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tiers.auth import Access
+from tiers.cache.embedders import llamacpp_model
+from tiers.cache.health import CacheCollector
 from tiers.cache.semantic import SemanticCache
+from tiers.cache.store import Limits
 from tiers.ledger.store import Ledger
 from tiers.live_config import LiveConfig
 from tiers.metrics import Metrics
@@ -33,13 +36,19 @@ def create_app(settings: Settings) -> FastAPI:
     config = LiveConfig(settings.routing, TierRunners(settings.profile), settings.reload_interval_s)
     ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
     metrics = Metrics()
-    cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url)
+    embedder_model = (llamacpp_model(settings.cache_embedder_model, config.runners.get(3))
+                      if settings.cache_embedder == "llamacpp" else None)
+    cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url,
+                          limits=Limits(settings.cache_max_entries, settings.cache_max_bytes),
+                          embedder_model=embedder_model)
+    metrics.registry.register(CacheCollector(cache.health))
     recorder = Recorder(ledger, metrics)
     access = Access.from_file(settings.keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         ledger.start()
+        sweeper = asyncio.create_task(cache.sweep_forever())  # expired entries go even if nobody asks again
         try:
             await config.runners.start()
             config.start_watching()
@@ -47,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.to_thread(cache.warm)
             yield
         finally:
+            sweeper.cancel()
             await config.stop_watching()
             await config.runners.stop()
             ledger.close()

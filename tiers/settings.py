@@ -26,6 +26,10 @@ class Settings(BaseModel):
     cache_backend: Literal["memory", "redis"] = Field(default="memory", description="redis: shared by replicas")
     redis_url: str | None = Field(default=None, description="redis://host:port/db for the shared cache")
     cache_embedder: str = Field(default="minilm", description="minilm or llamacpp")
+    cache_embedder_model: str | None = Field(
+        default=None, description="llamacpp embedder: a catalog GGUF; default the model Tier 3 serves at start")
+    cache_max_entries: int = Field(default=100_000, ge=1, description="entries over the whole cache, every feature")
+    cache_max_bytes: int = Field(default=256 << 20, ge=1 << 20, description="bytes over the whole cache, every feature")
     keys: Path | None = Field(default=None, description="client keys YAML; none means keyless, loopback only")
     max_messages: int = Field(default=256, ge=1, description="longer conversations get 400")
     default_max_tokens: int = Field(
@@ -40,6 +44,8 @@ class Settings(BaseModel):
             raise ValueError("cache_backend redis needs redis_url (e.g. redis://127.0.0.1:6379/0)")
         if self.cache_backend == "redis":
             require_extra("redis", "redis", "--cache-backend redis")
+        if self.cache_embedder_model and self.cache_embedder != "llamacpp":
+            raise ValueError("cache_embedder_model is for cache_embedder llamacpp; minilm ships its own model")
         return self
 
     def ledger_database_url(self) -> str:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runners.errors import InvalidRequest
 from tiers.api.deps import Admin, Client
 from tiers.audit import run_audit
-from tiers.errors import NotFound
+from tiers.errors import CacheUnavailable, NotFound
 
 router = APIRouter()
 
@@ -28,7 +28,12 @@ class FeedbackRequest(BaseModel):
 async def feedback(body: FeedbackRequest, request: Request, key: Client) -> dict:
     state = request.app.state
     await asyncio.to_thread(state.ledger.add_feedback, body.request_id, body.outcome, body.note)
-    evicted = body.outcome in ("corrected", "negative") and state.cache.invalidate_request(body.request_id)
+    evicted = False
+    if body.outcome in ("corrected", "negative"):
+        try:
+            evicted = await asyncio.to_thread(state.cache.invalidate_request, body.request_id)
+        except CacheUnavailable:  # the feedback is recorded; the cache shows as degraded on /ready
+            pass
     return {"status": "recorded", "request_id": body.request_id, "outcome": body.outcome,
             "cache_entry_removed": bool(evicted)}
 

@@ -36,7 +36,8 @@ async def health() -> dict:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    is_ready, body = readiness(request.app.state.config, request.app.state.ledger)
+    state = request.app.state
+    is_ready, body = readiness(state.config, state.ledger, state.cache)
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 

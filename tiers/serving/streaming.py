@@ -56,9 +56,11 @@ async def recorded_stream(service: Service, call: Call, request: Request, d: Dis
         rows = records.attempt_rows(call, request, d, outcome, service.runners, ttft_ms=ttft_ms,
                                     answer_text=whole.text_so_far(), error_type=error_type)
         service.recorder.record(rows)
+        if service.shadow is not None and not error_type:
+            service.shadow.offer(d.route, request, answer, rows)
         service.access.charge(call.client_key, usage.total_tokens if usage else 0)
         summary.served(runner.tier, runner.model_name, usage)
         if error_type:
             summary.fields["error"] = error_type
         elif policy is not None and usage is not None and whole.finished:
-            service.store_later(d, request, policy, runner, answer, call.request_id)
+            service.store_later(d, request, policy, runner, answer, call)
