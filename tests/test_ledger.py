@@ -23,7 +23,7 @@ EXPECTED_COLUMNS = {
     "serving_tier", "runner", "model", "client_key_id", "prompt_tokens", "completion_tokens", "ttft_ms",
     "latency_ms", "cost_usd", "cache_hit", "cache_similarity", "gate", "gate_passed", "gate_reason", "escalated",
     "downgraded", "error_type", "http_status", "prompt_text", "completion_text", "text_expires_at",
-    "api", "tool_calls", "gate_spec", "feature_spec",
+    "api", "tool_calls", "gate_spec", "feature_spec", "shadow_of", "shadow_agreed",
 }
 
 
@@ -39,7 +39,7 @@ def count(ledger: Ledger) -> int:
 
 def test_migrating_a_blank_database_creates_every_column(ledger_url, tmp_path):
     ledger = Ledger(ledger_url, tmp_path / "spool")
-    assert ledger.migrate() == [1, 2]
+    assert ledger.migrate() == [1, 2, 3]
     assert ledger.migrate() == []  # applied migrations are recorded, never rerun
     inspector = sa.inspect(ledger.engine)
     assert {c["name"] for c in inspector.get_columns("attempts")} == EXPECTED_COLUMNS

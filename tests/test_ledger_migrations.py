@@ -19,6 +19,7 @@ COLUMNS_AT = {
         "downgraded", "error_type", "http_status", "prompt_text", "completion_text", "text_expires_at"},
 }
 COLUMNS_AT[2] = COLUMNS_AT[1] | {"api", "tool_calls", "gate_spec", "feature_spec"}
+COLUMNS_AT[3] = COLUMNS_AT[2] | {"shadow_of", "shadow_agreed"}
 LATEST = max(number for number, _, _ in MIGRATIONS)
 
 

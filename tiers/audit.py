@@ -6,6 +6,8 @@ OVERSPEND   a low-value feature (internal, retention) on Tier 1 whose failure ra
             under Tier 2's target: a cheaper tier would very likely do.
 OVER_BUDGET spend in the current budget period has reached the feature's budget.
 NO_DATA     no requests in the window: nothing can be said.
+DRIFT       a stronger shadow tier disagrees with the feature's answers so often that the lower bound of that
+            rate's interval is above the feature's tier target (tiers/shadow.py): failing before anyone complains.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sqlalchemy import Engine
 from tiers.budgets import period_start
 from tiers.ledger.stats import GroupStats, Rate, attempt_failed, effective_cost, group_stats, load_window
 from tiers.routing import RoutingTable
+from tiers.shadow_stats import ShadowEstimate, is_shadow, shadow_estimates
 
 HIGH_VALUE = {"revenue", "risk"}
 LOW_VALUE = {"internal", "retention"}
@@ -39,6 +42,7 @@ class AuditRow:
     effective_cost_per_success: float | None
     budget_spent_usd: float | None
     flags: list[str] = field(default_factory=list)
+    shadow: ShadowEstimate | None = None  # shadow rows are counted here only, never in requests or spend
 
     def as_dict(self) -> dict:
         low, high = self.rate.interval
@@ -49,7 +53,7 @@ class AuditRow:
             "failure_rate": self.rate.value, "failure_rate_low": low if self.rate.n else None,
             "failure_rate_high": high if self.rate.n else None, "failure_rate_text": str(self.rate),
             "effective_cost_per_success_usd": self.effective_cost_per_success,
-            "budget_spent_usd": self.budget_spent_usd, "flags": self.flags,
+            "budget_spent_usd": self.budget_spent_usd, "flags": self.flags, **_shadow_dict(self.shadow),
         }
 
 
@@ -68,6 +72,8 @@ class Audit:
 def run_audit(engine: Engine, table: RoutingTable, since: float, until: float | None = None) -> Audit:
     until = until or time.time()
     rows, feedback = load_window(engine, since, until)
+    shadows = shadow_estimates(rows)
+    rows = [r for r in rows if not is_shadow(r)]
     failure_cost = {name: f.failure_cost_usd for name, f in table.features.items()}
     total_spend = sum(r["cost_usd"] for r in rows) or 0.0
     finals = [r for r in rows if r["final"]]
@@ -93,7 +99,7 @@ def run_audit(engine: Engine, table: RoutingTable, since: float, until: float | 
             spend_usd=spend, spend_share=spend / total_spend if total_spend else 0.0,
             value_share=at_stake[name] / total_at_stake if total_at_stake else 0.0, rate=rate,
             effective_cost_per_success=effective_cost(spend, failures, len(answers) - failures, spec.failure_cost_usd),
-            budget_spent_usd=budget_spent,
+            budget_spent_usd=budget_spent, shadow=shadows.get(name),
         )
         row.flags = flags_for(row, serving_tier, table)
         audit_rows.append(row)
@@ -113,7 +119,22 @@ def flags_for(row: AuditRow, serving_tier: int | None, table: RoutingTable) -> l
     spec = table.features[row.feature]
     if spec.budget is not None and row.budget_spent_usd is not None and row.budget_spent_usd >= spec.budget.usd:
         flags.append("OVER_BUDGET")
+    shadow = row.shadow
+    if (shadow is not None and shadow.rate.n and shadow.estimates_tier == tier
+            and shadow.rate.interval[0] > table.failure_targets.get(tier, 1.0)):
+        flags.append("DRIFT")
     return flags
+
+
+def _shadow_dict(shadow: ShadowEstimate | None) -> dict:
+    if shadow is None:
+        return {"shadow": None}
+    low, high = shadow.rate.interval
+    return {"shadow": {"tier": shadow.shadow_tier, "estimates_tier": shadow.estimates_tier, "calls": shadow.calls,
+                       "compared": shadow.rate.n, "failure_rate": shadow.rate.value,
+                       "failure_rate_low": low if shadow.rate.n else None,
+                       "failure_rate_high": high if shadow.rate.n else None, "failure_rate_text": str(shadow.rate),
+                       "spend_usd": round(shadow.spend_usd, 8)}}
 
 
 def _group_dict(g: GroupStats) -> dict:
@@ -128,9 +149,10 @@ def _group_dict(g: GroupStats) -> dict:
 
 def format_table(audit: Audit) -> str:
     lines = ["| feature | value | tier | serving | requests | spend share | failure rate [95% CI] | "
-             "cost per success | flags |", "|---|---|---|---|---|---|---|---|---|"]
+             "shadow failure [95% CI] (spend) | cost per success | flags |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in audit.rows:
         eff = f"${r.effective_cost_per_success:.6f}" if r.effective_cost_per_success is not None else "n/a"
+        shadow = (f"{r.shadow.rate} by tier {r.shadow.shadow_tier} (${r.shadow.spend_usd:.6f})" if r.shadow else "-")
         lines.append(f"| {r.feature} | {r.value} | {r.declared_tier} | {r.serving} | {r.requests} | "
-                     f"{r.spend_share:.1%} | {r.rate} | {eff} | {' '.join(r.flags) or '-'} |")
+                     f"{r.spend_share:.1%} | {r.rate} | {shadow} | {eff} | {' '.join(r.flags) or '-'} |")
     return "\n".join(lines)

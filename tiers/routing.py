@@ -18,6 +18,7 @@ from tiers.cache.semantic import CachePolicy
 from tiers.gates import Gate, GateSpec
 from tiers.ledger.rows import spec_hash
 from tiers.request_defaults import RequestDefaults
+from tiers.shadow_compare import Shadow
 
 DEFAULT_ROUTING = Path(__file__).with_name("routing.yaml")
 FEATURE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
@@ -54,6 +55,7 @@ class Feature(BaseModel):
     budget: Budget | None = Field(default=None, description="spend per period, and what happens past it")
     store_text: StoreText | None = Field(default=None, description="opt in to keep prompts and answers for evals")
     cache: CachePolicy | None = Field(default=None, description="semantic cache for repeated questions")
+    shadow: Shadow | None = Field(default=None, description="re-ask a sample of answers of another tier and compare")
     _gates: list[Gate] = PrivateAttr(default_factory=list)
     _spec_hash: str = PrivateAttr(default="")
     _gate_hash: str | None = PrivateAttr(default=None)
@@ -70,6 +72,8 @@ class Feature(BaseModel):
                 raise ValueError(f"escalate_to must be a stronger tier (a number below {self.tier})")
         if self.tier in self.fallback:
             raise ValueError("fallback lists other tiers; the feature's own tier is always tried first")
+        if self.shadow is not None and self.shadow.tier == self.tier:
+            raise ValueError("shadow.tier must be another tier than the feature's: it answers again to compare")
         self._gates = self.gate.build() if self.gate else []
         self._spec_hash = spec_hash(self)
         self._gate_hash = spec_hash([[g.name, g.args] for g in self._gates]) if self._gates else None

@@ -20,12 +20,14 @@ from tiers.cache.embedders import llamacpp_model
 from tiers.cache.health import CacheCollector
 from tiers.cache.semantic import SemanticCache
 from tiers.cache.store import Limits
+from tiers.estimates_metrics import EstimatesCollector
 from tiers.ledger.store import Ledger
 from tiers.live_config import LiveConfig
 from tiers.metrics import Metrics
 from tiers.recorder import Recorder
 from tiers.serving.service import Service
 from tiers.settings import Settings
+from tiers.shadow import ShadowScorer
 from tiers.tier_runners import TierRunners
 
 ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.router, openai_responses.router,
@@ -43,6 +45,8 @@ def create_app(settings: Settings) -> FastAPI:
                           embedder_model=embedder_model)
     metrics.registry.register(CacheCollector(cache.health))
     recorder = Recorder(ledger, metrics)
+    shadow = ShadowScorer(lambda: config.runners, ledger, metrics.registry)
+    metrics.registry.register(EstimatesCollector(ledger, lambda: config.routing))
     access = Access.from_file(settings.keys)
 
     @asynccontextmanager
@@ -57,6 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             sweeper.cancel()
+            await shadow.stop()
             await config.stop_watching()
             await config.runners.stop()
             ledger.close()
@@ -65,7 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
     state = app.state
     state.settings, state.config, state.ledger, state.metrics = settings, config, ledger, metrics
     state.cache, state.access = cache, access
-    state.service = Service(config, recorder, access, cache, settings.max_messages, settings.default_max_tokens)
+    state.service = Service(config, recorder, access, cache, settings.max_messages, settings.default_max_tokens,
+                            shadow)
     state.started_at = int(time.time())
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -78,6 +78,13 @@ def _m002(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE attempts ADD COLUMN {column}"))
 
 
+@migration(3, "shadow rows: the feature a shadow call re-asked, and whether the two answers agreed")
+def _m003(conn: Connection) -> None:
+    for column in ("shadow_of VARCHAR(64)", "shadow_agreed BOOLEAN"):
+        conn.execute(text(f"ALTER TABLE attempts ADD COLUMN {column}"))
+    conn.execute(text("CREATE INDEX ix_attempts_shadow_of ON attempts (shadow_of)"))
+
+
 def migrate(conn: Connection, upto: int | None = None) -> list[int]:
     """Apply every migration not yet recorded (up to `upto`, for tests of older versions), in order;
     returns the numbers applied now."""

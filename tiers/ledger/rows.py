@@ -77,6 +77,8 @@ class LedgerRow(BaseModel):
     prompt_text: str | None = None
     completion_text: str | None = None
     text_expires_at: float | None = None
+    shadow_of: str | None = None  # a shadow row: the feature whose answer was re-asked (its `feature` stays empty)
+    shadow_agreed: bool | None = None  # the two answers agreed; None when the shadow gave nothing to compare
 
     @field_validator("*", mode="after")
     @classmethod

@@ -47,6 +47,8 @@ attempts = Table(
     Column("prompt_text", Text),
     Column("completion_text", Text),
     Column("text_expires_at", Float),
+    Column("shadow_of", String(64), index=True),
+    Column("shadow_agreed", Boolean),
 )
 
 feedback = Table(
