@@ -57,7 +57,8 @@ def test_a_message_parsed_by_the_sdk_with_usage_headers_and_a_ledger_row(client,
 
 
 def test_max_tokens_and_stop_sequences_become_stop_reasons(client):
-    cut = client.messages.create(model="tier:3", max_tokens=3, extra_body=T0, messages=ASK)
+    cut = client.messages.create(model="tier:3", max_tokens=3, extra_body=T0, messages=ASK,
+                                 cache_control={"type": "ephemeral"})  # accepted: a hint for Anthropic's own cache
     assert cut.stop_reason == "max_tokens" and cut.usage.output_tokens == 3
     count = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
     full = client.messages.create(model="tier:3", max_tokens=40, extra_body=T0, messages=count)
@@ -65,6 +66,16 @@ def test_max_tokens_and_stop_sequences_become_stop_reasons(client):
     assert "4" in full.content[0].text
     assert stopped.stop_reason == "end_turn"  # runners report one reason for both; docs/endpoints.md says so
     assert stopped.content[0].text == full.content[0].text.split("4")[0]
+
+
+def test_output_config_format_is_structured_output(client):
+    person = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    message = client.messages.create(model="tier:3", max_tokens=60, extra_body=T0, messages=[
+        {"role": "user", "content": "Describe a person called Ada who is 36, as JSON."}],
+        output_config={"format": {"type": "json_schema", "schema": person}})
+    data = json.loads(message.content[0].text)
+    assert set(data) == {"name", "age"} and isinstance(data["age"], int)
 
 
 def test_the_sdk_stream_gives_the_same_message_as_a_whole_answer(client):
@@ -113,6 +124,7 @@ GOOD = {"model": "tier:3", "max_tokens": 8, "messages": ASK}
     ({**GOOD, "messages": [{"role": "system", "content": "x"}]}, 400, "invalid_request_error", "messages.0.role"),
     ({**GOOD, "thinking": {"type": "enabled", "budget_tokens": 1024}}, 400, "invalid_request_error", "thinking"),
     ({**GOOD, "top_k": 5}, 400, "invalid_request_error", "top_k"),
+    ({**GOOD, "output_config": {"effort": "high"}}, 400, "invalid_request_error", "effort"),
     ({**GOOD, "temperature": 1.5}, 400, "invalid_request_error", "temperature"),
     ({**GOOD, "tool_choice": {"type": "tool"}}, 400, "invalid_request_error", "tool_choice"),
     ({**GOOD, "tools": [{"type": "web_search_20250305", "name": "web_search"}]}, 400, "invalid_request_error", "tools"),
@@ -209,3 +221,39 @@ def test_a_stream_cut_upstream_ends_in_an_anthropic_error_event(cut_upstream):
     assert name == "error" and data["type"] == "error" and data["error"]["type"] == "api_error"
     assert "mid-stream" in data["error"]["message"]
     assert "message_stop" not in [n for n, _ in events]
+
+
+WEATHER = {"name": "get_weather", "description": "The current weather in a city.",
+           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_tool_round_trip_through_the_sdk(client, streamed):
+    """Call (forced by name: a grammar makes the input match the schema), tool result, final answer."""
+    kwargs = dict(model="tier:3", max_tokens=40, tools=[WEATHER], extra_body=T0)
+    first_kwargs = dict(kwargs, messages=ASK_WEATHER, tool_choice={"type": "tool", "name": "get_weather"})
+    if streamed:
+        with client.messages.stream(**first_kwargs) as stream:
+            kinds = [event.type for event in stream]
+            first = stream.get_final_message()
+        assert "input_json" in kinds and kinds[-1] == "message_stop"
+    else:
+        first = client.messages.create(**first_kwargs)
+    assert first.stop_reason == "tool_use"
+    call = next(b for b in first.content if b.type == "tool_use")
+    assert call.name == "get_weather" and isinstance(call.input["city"], str) and call.id
+    history = ASK_WEATHER + [{"role": "assistant", "content": first.content},
+                             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
+                                                           "content": "Sunny, 24 degrees Celsius."}]}]
+    final = client.messages.create(**kwargs, messages=history, tool_choice={"type": "none"})
+    assert final.stop_reason in ("end_turn", "max_tokens")
+    assert [b.type for b in final.content] == ["text"] and final.content[0].text
+
+
+def test_a_tool_result_for_no_call_is_an_anthropic_400(server):
+    body = {**GOOD, "tools": [WEATHER], "messages": ASK_WEATHER + [
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_nobody", "content": "x"}]}]}
+    response = post(server, body)
+    assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+    assert "toolu_nobody" in response.json()["error"]["message"]

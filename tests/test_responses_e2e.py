@@ -119,6 +119,8 @@ GOOD = {"model": "tier:3", "input": ASK, "max_output_tokens": 4}
     ({**GOOD, "text": {"format": {"type": "json_schema"}}}, 400, "text.format", "name"),
     ({**GOOD, "tool_choice": {"type": "function", "name": "nothing"}}, 400, "tool_choice", ""),
     ({"model": "tier:3"}, 400, "input", ""),
+    ({**GOOD, "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "data:image/png;base64,iVBO"}]}]},
+     400, None, "cannot read image content"),
     ({**GOOD, "model": "feature:no-such-feature"}, 404, "model", ""),
     ({**GOOD, "model": "tier:2"}, 503, None, "tier 2"),
 ])
@@ -155,3 +157,38 @@ def test_a_stream_cut_upstream_ends_in_an_error_event(cut_upstream):
     assert events[-1]["type"] == "error" and "mid-stream" in events[-1]["message"]
     validate(events[-1], "ResponseStreamEvent")
     assert "response.completed" not in [e["type"] for e in events]
+
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The current weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+
+
+def test_a_function_call_round_trip(openai_client):
+    """Call (forced by name: a grammar makes the arguments match the schema), its output, the final answer."""
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    first = openai_client.responses.with_raw_response.create(
+        model="tier:3", input=ask, tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"},
+        max_output_tokens=40, temperature=0)
+    validate(json.loads(first.text), "Response")
+    call = next(item for item in first.parse().output if item.type == "function_call")
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    history = ask + [{"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+                     {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny, 24 degrees Celsius."}]
+    final = openai_client.responses.create(model="tier:3", input=history, tools=[WEATHER], tool_choice="none",
+                                           max_output_tokens=40, temperature=0)
+    assert [item.type for item in final.output] == ["message"] and final.output_text
+
+
+def test_streamed_function_call_arguments(server):
+    events = raw_events(server.base_url, {"model": "tier:3", "input": "What is the weather in Paris?",
+                                          "tools": [WEATHER], "tool_choice": "required", "max_output_tokens": 40,
+                                          "temperature": 0})
+    for event in events:
+        validate(event, "ResponseStreamEvent")
+    kinds = [e["type"] for e in events]
+    assert "response.function_call_arguments.delta" in kinds
+    done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
+    pieces = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    assert done["name"] == "get_weather" and done["arguments"] == pieces and json.loads(pieces)["city"]
+    final = events[-1]["response"]
+    assert final["output"][-1]["type"] == "function_call" and final["output"][-1]["arguments"] == pieces
