@@ -77,11 +77,28 @@ class TierPlacement(BaseModel):
         return dict(self.model_extra or {})
 
 
+class EmbeddingPlacement(BaseModel):
+    """The embedding model that answers one tier's POST /v1/embeddings; its backend validates the other options."""
+
+    model_config = ConfigDict(extra="allow")
+    runner: str = Field(description="minilm, llamacpp (a GGUF in embedding mode), vllm (a pooling model's server) "
+                                    "or hosted (an OpenAI-compatible embeddings API)")
+    model: str | None = Field(default=None, description="llamacpp: a catalog GGUF or a .gguf path; vllm and hosted: "
+                                                        "the served model's id; minilm: none")
+    price: Price = Field(default_factory=Price, description="input_per_m prices the embedded tokens")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     description: str = ""
     devices: dict[str, Device] = Field(default_factory=dict)
     tiers: dict[TierNumber, TierPlacement] = Field(description="tier number (1, 2 or 3) -> placement")
+    embeddings: dict[TierNumber, EmbeddingPlacement] = Field(
+        default_factory=dict, description="tier number -> the embedding model serving /v1/embeddings for it")
 
     @model_validator(mode="after")
     def _devices_exist(self) -> Profile:

@@ -85,7 +85,11 @@ def config_models() -> dict[str, type[BaseModel]]:
             for info in annotation.model_fields.values():
                 visit(info.annotation)
 
-    for root in (RoutingTable, Profile, *(RUNNERS[kind].Options for kind in sorted(RUNNERS)), Settings, KeysFile):
+    from tiers.embedding_models import BACKENDS
+
+    embedding_options = [BACKENDS[kind].Options for kind in ("vllm", "hosted")]  # minilm and llamacpp take none
+    for root in (RoutingTable, Profile, *(RUNNERS[kind].Options for kind in sorted(RUNNERS)), *embedding_options,
+                 Settings, KeysFile):
         visit(root)
     return found
 

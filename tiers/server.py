@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from tiers.api import admin, anthropic_messages, openai_chat, openai_completions, openai_responses, status
+from tiers.api import (
+    admin, anthropic_messages, openai_chat, openai_completions, openai_embeddings, openai_responses, status,
+)
 from tiers.api.errors import install_error_handlers
 from tiers.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from tiers.auth import Access
@@ -21,17 +23,19 @@ from tiers.cache.health import CacheCollector
 from tiers.cache.semantic import SemanticCache
 from tiers.cache.store import Limits
 from tiers.estimates_metrics import EstimatesCollector
+from tiers.embedding_models import EmbeddingModels
 from tiers.ledger.store import Ledger
 from tiers.live_config import LiveConfig
 from tiers.metrics import Metrics
 from tiers.recorder import Recorder
+from tiers.serving.embeddings import EmbeddingService
 from tiers.serving.service import Service
 from tiers.settings import Settings
 from tiers.shadow import ShadowScorer
 from tiers.tier_runners import TierRunners
 
 ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.router, openai_responses.router,
-           admin.router, status.router)
+           openai_embeddings.router, admin.router, status.router)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -72,6 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
     state.cache, state.access = cache, access
     state.service = Service(config, recorder, access, cache, settings.max_messages, settings.default_max_tokens,
                             shadow)
+    state.embeddings = EmbeddingService(config, recorder, access, EmbeddingModels(config.runners.profile,
+                                                                                 config.runners.path))
     state.started_at = int(time.time())
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
