@@ -159,3 +159,36 @@ def test_client_disconnecting_mid_stream_leaves_the_server_serving(server):
             if line.startswith("data: "):
                 break  # leave after the first event
     assert_still_serving(server)
+
+
+def test_a_client_gone_before_the_first_event_still_leaves_a_row(server):
+    """The stream's first delta is read before the response starts; a client that has already left by then
+    must still leave its ledger row (and settle its budget reservation), not a never-started generator."""
+    import socket
+    import time
+
+    import sqlalchemy as sa
+
+    from tiers.ledger import schema
+
+    def disconnected_rows() -> int:
+        httpx.get(f"{server.base_url}/v1/audit", timeout=30)  # flushes the spool into the database
+        engine = sa.create_engine(f"sqlite:///{server.data_dir / 'ledger.db'}")
+        with engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(schema.attempts)
+                                 .where(schema.attempts.c.error_type == "client_disconnected")).scalar()
+        engine.dispose()
+        return count
+
+    before = disconnected_rows()
+    body = json.dumps({**GOOD, "max_tokens": 64, "stream": True}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head + body)  # and leave at once, before any byte of the answer
+    deadline = time.monotonic() + 30
+    while disconnected_rows() < before + 5:
+        assert time.monotonic() < deadline, f"{disconnected_rows() - before} of 5 left rows"
+        time.sleep(0.5)
+    assert_still_serving(server)

@@ -1,7 +1,9 @@
 """Server-sent events for any wire API: its own event encoding, its own end marker, its own error event.
 
 Whatever happens mid-stream becomes the API's error event rather than a cut connection, and the
-request's log-line fields are copied onto the request when the stream ends.
+request's log-line fields are copied onto the request when the stream ends. The stream is closed
+(so its row is recorded) even when the client leaves before the first event is sent: Starlette
+may cancel the body before it starts, so closing is also the response's background task.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from hardware.errors import TierRunnerError
 from runners.answer import Delta
@@ -38,4 +41,5 @@ def sse_response(request: Request, reply: Reply, encode: Callable[[Delta], Itera
             await deltas.aclose()
             log_fields(request, reply)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=reply.headers)
+    return StreamingResponse(events(), media_type="text/event-stream", headers=reply.headers,
+                             background=BackgroundTask(reply.deltas.aclose))

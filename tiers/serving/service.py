@@ -30,7 +30,7 @@ from tiers.policy import gates as policy_gates
 from tiers.recorder import Recorder
 from tiers.serving import counting, records
 from tiers.serving.records import Call, Summary
-from tiers.serving.streaming import recorded_stream
+from tiers.serving.streaming import RecordedStream
 from tiers.shadow import ShadowScorer
 
 log = logging.getLogger("tier_runner.serving")
@@ -168,7 +168,7 @@ class Service:
         d, first, upstream = await dispatch.stream(d, request, self.runners)
         ttft_ms = (time.perf_counter() - started) * 1000
         summary.fields.update(tier=d.runner.tier, model=d.runner.model_name)
-        deltas = recorded_stream(self, call, request, d, first, upstream, started, ttft_ms, summary, policy)
+        deltas = RecordedStream(self, call, request, d, first, upstream, started, ttft_ms, summary, policy)
         headers = records.headers_for(d, d.runner, None)
         return Reply(headers, d.runner.model_name, deltas=deltas, summary=summary)
 
