@@ -17,13 +17,15 @@ SUITES_HELP = "suite names or YAML paths, comma-separated; 'all' for every shipp
 def _suites(spec: str, report_html: Path | None):
     """The suites, after checking that the optional packages they and the reports need are installed: a run
     must not stop at its end for a missing extra."""
-    from evals.suite import ArchiveSource, load_suite, shipped_suites
+    from evals.suite import ArchiveSource, FileSource, load_suite, shipped_suites
 
     names = shipped_suites() if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
     suites = [load_suite(n) for n in names]
     for suite in suites:
         if isinstance(suite.source, ArchiveSource) and suite.source.format == "hf_arrow":
             require_extra("pyarrow", "evals", f"suite {suite.name} (its data is in Arrow format)")
+        if isinstance(suite.source, FileSource) and suite.source.file_format() == "parquet":
+            require_extra("pyarrow", "evals", f"suite {suite.name} (its data is in Parquet format)")
     if report_html:
         require_extra("matplotlib", "reports", "--report-html")
     return suites

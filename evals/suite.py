@@ -1,8 +1,10 @@
 """Eval suites: a YAML file names real labelled data, a sample, the feature it stands for, a prompt and a scorer.
 
-A suite reads either a file inside a pinned PyPI archive (`source: {package, version, archive, sha256, member,
-format, license}`) or a replay of the ledger's stored prompts with their feedback as gold (`source: {ledger: ...}`).
-A named record function turns each row into a `Sample`, like inspect_ai's record_to_sample.
+A suite reads a file inside a pinned PyPI archive (`source: {package, version, archive, sha256, member,
+format, license}`), a replay of the ledger's stored prompts with their feedback as gold (`source: {ledger: ...}`),
+or a JSONL, CSV or Parquet file of your own next to the suite (`source: {path: ...}`, evals/user_data.py).
+A named record function turns each row into a `Sample`, like inspect_ai's record_to_sample; for your own data a
+`fields:` mapping (sample field -> column) does it without Python.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from hardware.config import load_yaml_model
 from hardware.errors import ConfigError
 from hardware.profile import TierNumber
 from evals.scorers import Scorer, ScorerSpec
+from evals.user_data import FileSource, check_columns, file_digest, mapped_rows, plugin_record, plugin_records, read_table
 
 SUITES_DIR = Path(__file__).with_name("suites")
 
@@ -119,8 +122,12 @@ class Suite(BaseModel):
     description: str = ""
     feature: str = Field(description="the production feature this suite stands for")
     tier: TierNumber = Field(description="the tier that feature is served from")
-    source: ArchiveSource | LedgerSource
-    record: str = Field(description="record function: " + ", ".join(sorted(RECORDS)))
+    source: ArchiveSource | LedgerSource | FileSource
+    record: str | None = Field(default=None, description="record function: " + ", ".join(sorted(RECORDS)) +
+                               ", or one a plugin registers in the tier_runner.records entry-point group")
+    fields: dict[str, str] | None = Field(
+        default=None, description="for a file of your own: sample field -> column; id and target are required, "
+                                  "the others fill the prompt templates")
     n: int = Field(ge=1, le=100_000, description="sample size (all rows if fewer)")
     seed: int = Field(default=0, description="shuffle seed: the same examples every run")
     prompt: Prompt = Field(default_factory=Prompt)
@@ -131,13 +138,32 @@ class Suite(BaseModel):
     failure_target: float | None = Field(
         default=None, gt=0, lt=1, description="per-feature override of the tier's failure target for promotion")
 
+    _file: Path | None = PrivateAttr(default=None)  # the suite's YAML: a file source is relative to its folder
+
     @model_validator(mode="after")
     def _known_record(self) -> Suite:
-        if self.record not in RECORDS:
-            raise ValueError(f"record {self.record!r} is unknown; use one of {', '.join(sorted(RECORDS))}")
+        if self.fields is not None:
+            if not isinstance(self.source, FileSource):
+                raise ValueError("fields maps the columns of a file of your own; it needs source: {path: ...}")
+            if self.record is not None:
+                raise ValueError("give either record or fields, not both")
+            missing = [k for k in ("id", "target") if k not in self.fields]
+            if missing:
+                raise ValueError(f"fields needs {' and '.join(missing)}: the column of each example's id and gold answer")
+            return self
+        if self.record is None:
+            raise ValueError("record is required (or fields, for a file of your own)")
+        if self.record not in RECORDS and self.record not in plugin_records():
+            plugins = f"; installed plugins add: {', '.join(sorted(plugin_records()))}" if plugin_records() else ""
+            raise ValueError(f"record {self.record!r} is unknown; use one of {', '.join(sorted(RECORDS))}{plugins}, "
+                             f"or fields: for a file of your own")
         if isinstance(self.source, LedgerSource) and self.record != "replay":
             raise ValueError("a ledger source needs record: replay")
         return self
+
+    @property
+    def folder(self) -> Path:
+        return self._file.parent if self._file else Path.cwd()
 
     def build_scorer(self) -> Scorer:
         return self.scorer.build()
@@ -146,12 +172,20 @@ class Suite(BaseModel):
         """Everything about the suite that changes an answer or its score (not n: more samples keep old ones)."""
         parts = self.model_dump(mode="json", include={"name", "record", "prompt", "max_tokens", "json_response",
                                                       "scorer", "source"})
+        if self.fields is not None:
+            parts["fields"] = self.fields
+        if isinstance(self.source, FileSource):
+            parts["data_sha256"] = file_digest(self.source.resolve(self.folder))
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         rows = self._rows()
-        fn = RECORDS[self.record]
-        samples = [s for s in (fn(r) for r in rows) if s is not None]
+        if self.fields is not None:
+            extra = [k for k in self.fields if k not in ("id", "target")]
+            samples = [Sample(str(r["id"]), r["target"], {k: r[k] for k in extra}) for r in rows]
+        else:
+            fn = RECORDS.get(self.record) or plugin_record(self.record)
+            samples = [s for s in (fn(r) for r in rows) if s is not None]
         samples.sort(key=lambda s: s.id)
         random.Random(self.seed).shuffle(samples)
         return samples[: min(self.n, limit or self.n)]
@@ -163,6 +197,13 @@ class Suite(BaseModel):
         if isinstance(src, ArchiveSource):
             archive = fetch_archive(src.package, src.version, src.archive, src.sha256)
             return parse_rows(read_member(archive, src.member), src.format)
+        if isinstance(src, FileSource):
+            path = src.resolve(self.folder)
+            rows = read_table(path, src.file_format())
+            if self.fields is None:
+                return rows
+            check_columns(rows, self.fields, path, self._file or self.name)
+            return mapped_rows(rows, self.fields, path)
         return _ledger_rows(src)
 
     def messages(self, sample: Sample) -> list[dict]:
@@ -171,8 +212,9 @@ class Suite(BaseModel):
         try:
             user = self.prompt.user.format(**sample.fields)
         except KeyError as exc:
-            raise ConfigError(f"suite {self.name}: prompt.user names {exc}, which record {self.record!r} does not "
-                              f"provide (it has {', '.join(sample.fields)})") from None
+            maker = f"record {self.record!r}" if self.record else "fields"
+            raise ConfigError(f"suite {self.name}: prompt.user names {exc}, which {maker} does not provide "
+                              f"(it has {', '.join(sample.fields)})") from None
         return ([{"role": "system", "content": self.prompt.system}] if self.prompt.system else []) + [
             {"role": "user", "content": user}]
 
@@ -208,7 +250,9 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if not path.exists() and path.parent == SUITES_DIR:
         known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
         raise ConfigError(f"suite {name_or_path!r} not found; shipped suites: {known}")
-    return load_yaml_model(path, Suite)
+    suite = load_yaml_model(path, Suite)
+    suite._file = path.resolve()
+    return suite
 
 
 def shipped_suites() -> list[str]:
