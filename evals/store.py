@@ -39,7 +39,16 @@ def _m002_decisions(db: sqlite3.Connection) -> None:
         dry_run INTEGER NOT NULL, applied INTEGER NOT NULL, details TEXT NOT NULL)""")
 
 
-MIGRATIONS = [(1, "results", _m001_results), (2, "decisions", _m002_decisions)]
+def _m003_signals(db: sqlite3.Connection) -> None:
+    db.execute("""CREATE TABLE signals (suite TEXT NOT NULL, example_id TEXT NOT NULL, config_hash TEXT NOT NULL,
+        correct INTEGER NOT NULL, gates_ok INTEGER NOT NULL, mean_logprob REAL, top1_margin REAL, agreement INTEGER,
+        samples INTEGER NOT NULL DEFAULT 0, majority_correct INTEGER, majority_gates_ok INTEGER, answer TEXT,
+        ts REAL NOT NULL, PRIMARY KEY (suite, example_id, config_hash))""")
+
+
+MIGRATIONS = [(1, "results", _m001_results), (2, "decisions", _m002_decisions), (3, "gate signals", _m003_signals)]
+SIGNAL_COLUMNS = ("example_id", "correct", "gates_ok", "mean_logprob", "top1_margin", "agreement", "samples",
+                  "majority_correct", "majority_gates_ok", "answer")
 OUTCOMES = ("correct", "wrong", "unparseable", "gate_failure", "error", "timeout")
 NOT_SCORED = ("error", "timeout")
 
@@ -105,6 +114,11 @@ class ResultStore:
             self.db.execute("INSERT OR IGNORE INTO configs VALUES (?, ?, ?, ?)",
                             (config_hash, label, json.dumps(config, sort_keys=True), time.time()))
 
+    def configs(self) -> dict[str, dict]:
+        """config hash -> the configuration its results were measured with (route, tier, model, suite, ...)."""
+        with self._lock:
+            return {r[0]: json.loads(r[1]) for r in self.db.execute("SELECT config_hash, config FROM configs")}
+
     def record_result(self, result: Result) -> None:
         """The one write path for results; committed at once."""
         row = asdict(result)
@@ -128,6 +142,22 @@ class ResultStore:
             wanted = set(example_ids)
             rows = [r for r in rows if r.example_id in wanted]
         return rows
+
+    def record_signal(self, suite: str, config_hash: str, signal: dict) -> None:
+        """One example's gate signals for `tier-runner calibrate` (evals/gate_signals.py); committed at once."""
+        values = [signal[c] for c in SIGNAL_COLUMNS]
+        with self._lock:
+            self.db.execute(f"INSERT OR REPLACE INTO signals (suite, config_hash, {', '.join(SIGNAL_COLUMNS)}, ts) "
+                            f"VALUES ({', '.join('?' * (len(SIGNAL_COLUMNS) + 3))})",
+                            (suite, config_hash, *values, time.time()))
+
+    def signals(self, suite: str, config_hash: str) -> list[dict]:
+        booleans = ("correct", "gates_ok", "majority_correct", "majority_gates_ok")
+        with self._lock:
+            rows = [dict(r) for r in self.db.execute(
+                f"SELECT {', '.join(SIGNAL_COLUMNS)} FROM signals WHERE suite = ? AND config_hash = ?",
+                (suite, config_hash))]
+        return [{k: (bool(v) if k in booleans and v is not None else v) for k, v in r.items()} for r in rows]
 
     def record_decision(self, tier: int, candidate: str, incumbent: str, passed: bool, dry_run: bool, applied: bool,
                         details: dict) -> int:

@@ -235,7 +235,8 @@ def test_store_migrates_a_blank_database(tmp_path):
     store = ResultStore(tmp_path / "evals.db")
     store.close()
     db = sqlite3.connect(tmp_path / "evals.db")
-    assert [r[0] for r in db.execute("SELECT number FROM eval_migrations ORDER BY number")] == [1, 2]
+    assert [r[0] for r in db.execute("SELECT number FROM eval_migrations ORDER BY number")] == [1, 2, 3]
+    assert {r[1] for r in db.execute("PRAGMA table_info(signals)")} >= {"mean_logprob", "top1_margin", "agreement"}
     cols = {r[1] for r in db.execute("PRAGMA table_info(results)")}
     assert {"suite", "example_id", "config_hash", "outcome", "latency_ms", "cost_usd"} <= cols
     assert {r[1] for r in db.execute("PRAGMA table_info(decisions)")} >= {"candidate", "passed", "details"}
