@@ -155,3 +155,10 @@ async def test_a_failing_shadow_tier_leaves_an_error_row_and_no_estimate(tmp_pat
     assert shadow["feature"] is None and shadow["client_key_id"] is None and shadow["route"] == "shadow:triage"
     assert shadow["request_id"] == "req-0" and shadow["parent_id"] == rows[0].attempt_id
 
+
+def test_the_documented_rubric_is_the_shipped_one():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "decisions.md").read_text(encoding="utf-8")
+    block = page.split("<!-- rubric -->\n```text\n", 1)[1].split("\n```", 1)[0]
+    assert block == RUBRIC

@@ -17,7 +17,7 @@ def _svg(figure) -> str:
     return buffer.getvalue()[buffer.getvalue().index("<svg"):]
 
 
-def _plots(audit: Audit) -> tuple[str, str]:
+def tell_plots(audit: Audit) -> tuple[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +56,7 @@ def _plots(audit: Audit) -> tuple[str, str]:
 
 
 def render_html(audit: Audit) -> str:
-    failure_svg, share_svg = _plots(audit)
+    failure_svg, share_svg = tell_plots(audit)
     window = " to ".join(dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
                          for t in (audit.since, audit.until))
     header = ("<tr><th>feature</th><th>value</th><th>owner</th><th>declared tier</th><th>serving</th>"

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tiers.api import (
-    admin, anthropic_messages, openai_chat, openai_completions, openai_embeddings, openai_responses, status,
+    admin, anthropic_messages, insights, openai_chat, openai_completions, openai_embeddings, openai_responses, status,
 )
 from tiers.api.errors import install_error_handlers
 from tiers.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -35,7 +35,7 @@ from tiers.shadow import ShadowScorer
 from tiers.tier_runners import TierRunners
 
 ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.router, openai_responses.router,
-           openai_embeddings.router, admin.router, status.router)
+           openai_embeddings.router, admin.router, insights.router, status.router)
 
 
 def create_app(settings: Settings) -> FastAPI:
