@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -19,6 +20,13 @@ ROUTING = """features:
     failure_cost_usd: 0.1
     cache: {threshold: 0.9, ttl_s: 3600}
   uncached: {tier: 3, value: internal, owner: support, failure_cost_usd: 0.1}
+  gated:
+    tier: 3
+    value: internal
+    owner: support
+    failure_cost_usd: 0.1
+    gate: {regex: 'never-[0-9]{12}'}
+    cache: {threshold: 0.9, ttl_s: 3600}
 """
 PROFILE = """devices: {cpu: {kind: cpu}}
 tiers:
@@ -61,8 +69,6 @@ def rows(server) -> dict[str, dict]:
 
 def wait_for_hit(server, text: str) -> httpx.Response:
     """The answer is stored just after the first response is sent."""
-    import time
-
     deadline = time.monotonic() + 10
     while True:
         response = chat(server, text)
@@ -128,3 +134,12 @@ def test_negative_feedback_removes_the_cached_answer(server):
                           json={"request_id": hit.headers["x-request-id"], "outcome": "corrected"})
     assert feedback.json()["cache_entry_removed"] is True
     assert chat(server, "How do I change my email address?").headers["x-cache"] == "miss"
+
+
+def test_an_answer_that_fails_its_gate_is_never_cached(server):
+    """docs/cache.md: only answers that passed the feature's gate are cached. This gate fails every answer and its
+    escalation tier (1) is not served, so each request is a 503, never the unverified answer from the cache."""
+    for _ in range(3):
+        response = chat(server, "How do I reset my password?", model="feature:gated")
+        assert response.status_code == 503, response.text
+        time.sleep(0.3)  # a store would land just after the response
