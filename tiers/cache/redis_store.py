@@ -111,6 +111,3 @@ class RedisCache:
         pipe.scard(f"{PREFIX}:nss")
         entries, total, namespaces = pipe.execute()
         return {"entries": entries, "bytes": int(total or 0), "namespaces": namespaces}
-
-    def ping(self) -> None:
-        self.r.ping()

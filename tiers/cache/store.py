@@ -139,7 +139,7 @@ class MemoryCache:
         with self._lock:
             if generation is not None and self._generations.get(feature, 0) != generation:
                 return False
-            space = self._spaces.setdefault(ns, _Space(len(vector), self.ann_min))
+            space = self._spaces.get(ns) or self._spaces.setdefault(ns, _Space(len(vector), self.ann_min))
             digest = text_hash(text)
             if digest in space.exact:
                 self._drop(self._entries[space.exact[digest]])
@@ -199,9 +199,6 @@ class MemoryCache:
     def stats(self) -> dict:
         with self._lock:
             return {"entries": len(self._entries), "bytes": self._bytes, "namespaces": len(self._spaces)}
-
-    def ping(self) -> None:
-        """Nothing to reach in process."""
 
     def _read(self, key: int, ns: str, similarity: float, served_to: str | None) -> Hit | None:
         entry = self._entries.get(key)
