@@ -95,6 +95,11 @@ CLAIMS_TABLE = [
       "tests/test_ledger_faults_e2e.py::test_spool_lines_set_aside_show_on_ready_and_in_metrics"),
     C("docs/ledger.md", "a second gateway on the same data dir is refused",
       "tests/test_ledger_faults_e2e.py::test_a_second_gateway_on_the_same_data_dir_is_refused"),
+    C("docs/operations.md", "On SIGINT/SIGTERM the gateway drains in-flight requests, then stops every tier's runner",
+      "tests/test_shutdown_e2e.py::test_sigterm_lets_an_in_flight_stream_finish_and_drains_the_spool",
+      "tests/test_vllm_e2e.py::test_stopping_the_gateway_leaves_no_vllm_process"),
+    C("docs/ledger.md", "a graceful stop drains the spool",
+      "tests/test_shutdown_e2e.py::test_sigterm_lets_an_in_flight_stream_finish_and_drains_the_spool"),
     C("docs/evals.md", "a killed run keeps what it finished, and the next run only does what is missing",
       "tests/test_evals_e2e.py::test_a_killed_run_continues_with_only_the_missing_examples"),
     C("docs/profiles.md", "is restarted after a backoff that doubles",
@@ -163,8 +168,6 @@ CLAIMS_TABLE = [
       "tests/test_request_defaults_e2e.py::test_a_bad_request_block_is_refused_at_reload_and_the_old_table_keeps_serving"),
     C("docs/operations.md", "A request keeps the route it started with",
       "tests/test_reload_route_e2e.py::test_a_stream_keeps_the_route_it_started_with_across_a_reload"),
-    C("docs/profiles.md", "The section is read at start (a change needs a restart)",
-      "tests/test_embeddings_e2e.py::test_the_profile_section_is_validated_with_file_key_and_fix"),
     # ---- which options read which variables ----
     C("docs/operations.md", "An option with a variable in its row also reads it from the environment (the option wins)",
       f"{CLAIMS}::test_every_documented_variable_is_read_by_its_option_and_the_option_wins"),
@@ -268,22 +271,21 @@ def _documented_variables() -> list[tuple[str, click.Command, click.Option]]:
             if isinstance(param, click.Option) and param.envvar]
 
 
-def _env_value(param: click.Option) -> tuple[str, object]:
-    """A value for the variable that differs from the option's default, and what the option should get."""
+def _values(param: click.Option) -> tuple[tuple[str, object], tuple[str, object]]:
+    """Two valid values (as typed, as parsed), both unlike the option's default: one for the variable, one for
+    the command line."""
     kind = param.type
     if isinstance(kind, click.Choice):
-        choice = next(c for c in reversed(kind.choices) if c != param.default)
-        return choice, choice
-    if isinstance(kind, (click.types.IntParamType, click.IntRange)):
-        number = (param.default or 0) + 7
-        return str(number), number
-    if isinstance(kind, click.types.FloatParamType):
-        return "2.5", 2.5
+        a, b = [c for c in kind.choices if c != param.default][-2:] if len(kind.choices) > 2 else kind.choices
+        return (a, a), (b, b)
+    if isinstance(kind, (click.types.IntParamType, click.types.FloatParamType)):
+        base = param.default or 0
+        cast = float if isinstance(kind, click.types.FloatParamType) else int
+        return (str(base + 7), cast(base + 7)), (str(base + 9), cast(base + 9))
     if isinstance(kind, click.Path):
-        return "/tmp/from-the-environment", Path("/tmp/from-the-environment")
-    if param.is_flag:
-        return "1", True
-    return "from-the-environment", "from-the-environment"
+        return ("/tmp/from-the-environment", Path("/tmp/from-the-environment")), \
+            ("/tmp/from-the-command-line", Path("/tmp/from-the-command-line"))
+    return ("from-the-environment", "from-the-environment"), ("from-the-command-line", "from-the-command-line")
 
 
 def _context(command: click.Command, args: list[str]) -> click.Context:
@@ -296,13 +298,14 @@ def _context(command: click.Command, args: list[str]) -> click.Context:
 def test_every_documented_variable_is_read_by_its_option_and_the_option_wins(path, command, param, monkeypatch):
     """docs/operations.md: an option with a variable in its row reads it; the command line wins over it."""
     variable = param.envvar if isinstance(param.envvar, str) else param.envvar[0]
-    raw, expected = _env_value(param)
-    monkeypatch.setenv(variable, raw)
-    assert _context(command, []).params[param.name] == expected, f"{path} {param.opts[0]} does not read {variable}"
-    if not param.is_flag:
-        default = param.default if param.default is not None else "given"
-        given = str(default.value if hasattr(default, "value") else default)
-        assert _context(command, [param.opts[0], given]).params[param.name] != expected
+    if param.is_flag:
+        monkeypatch.setenv(variable, "1")
+        assert _context(command, []).params[param.name] is True, f"{path} {param.opts[0]} does not read {variable}"
+        return
+    (env_raw, from_env), (cli_raw, from_cli) = _values(param)
+    monkeypatch.setenv(variable, env_raw)
+    assert _context(command, []).params[param.name] == from_env, f"{path} {param.opts[0]} does not read {variable}"
+    assert _context(command, [param.opts[0], cli_raw]).params[param.name] == from_cli, "the option must win"
 
 
 def test_log_level_reads_tier_runner_log_level(tmp_path):
