@@ -31,6 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "scripts")]
 import docs_truth  # noqa: E402
 from docs_tables import anchor, render_cli, render_config, render_layout, render_request, render_schema  # noqa: E402
 
+PACKAGES = ("hardware", "runners", "tiers", "evals")
 BLOCK = re.compile(r"(<!-- generated: (?P<kind>cli|config|schema|request|layout) (?P<name>[^>]+?) -->\n)(?P<body>.*?)"
                    r"(<!-- end generated -->)", re.S)
 
@@ -88,7 +89,9 @@ def config_models() -> dict[str, type[BaseModel]]:
     from tiers.embedding_models import BACKENDS
 
     embedding_options = [BACKENDS[kind].Options for kind in ("vllm", "hosted")]  # minilm and llamacpp take none
-    for root in (RoutingTable, Profile, *(RUNNERS[kind].Options for kind in sorted(RUNNERS)), *embedding_options,
+    # Only the product's runners: a test may register its own (tests/test_live_config.py) in the same process.
+    product = [RUNNERS[kind] for kind in sorted(RUNNERS) if RUNNERS[kind].__module__.split(".")[0] in PACKAGES]
+    for root in (RoutingTable, Profile, *(runner.Options for runner in product), *embedding_options,
                  Settings, KeysFile):
         visit(root)
     return found
