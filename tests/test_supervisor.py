@@ -184,3 +184,20 @@ def test_a_replaced_runner_is_never_restarted():
 
     run(go())
     assert len(old.starts) == 1 and len(new.starts) == 1
+
+
+def test_a_new_runner_whose_start_raises_is_stopped_and_the_tier_keeps_the_old_one():
+    """A start error other than a rejected config (the backend crashed while loading) must not leak the new
+    runner: it is stopped, the reload is refused with the reason, and the old runner keeps the tier."""
+    old, new = FakeRunner(2), FakeRunner(2, RuntimeError("the backend crashed while loading"))
+
+    async def go():
+        supervisor = Supervisor({2: old})
+        await supervisor.start()
+        with pytest.raises(ConfigError, match="tier 2: the new runner failed to start: RuntimeError: the backend"):
+            await supervisor.replace(2, new, ready_timeout_s=5)
+        current = supervisor.runner(2)
+        await supervisor.stop()
+        return current
+
+    assert run(go()) is old and new.stops == 1 and old.stops == 1  # old: stopped by supervisor.stop() only
