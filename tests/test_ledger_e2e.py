@@ -10,6 +10,7 @@ import time
 
 import httpx
 import pytest
+import yaml
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,6 +34,8 @@ ROUTING = """features:
   ticket-triage: {tier: 3, value: retention, owner: support, failure_cost_usd: 1}
   capped: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0, budget: {usd: 0.00001, period: day, action: block}}
   kept: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0, store_text: {retention_days: 1}}
+  gated: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0, gate: {regex: "(?s).*"}}
+  gated-other: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0, gate: {regex: "(?s).*?"}}
 """
 ASK = [{"role": "user", "content": "Reply with one word: hello"}]
 
@@ -85,6 +88,33 @@ def test_every_request_leaves_a_row_with_cost_tokens_and_latency(served):
     assert stream_row["ttft_ms"] is not None and stream_row["completion_tokens"] > 0
     error_row = rows[missing.headers["x-request-id"]]
     assert (error_row["http_status"], error_row["error_type"]) == (404, "model_not_found")
+
+
+def test_a_streamed_answer_carries_its_cost_on_its_usage_chunk_as_its_row_does(served):
+    """A stream has no x-cost-usd header: its cost rides on the final usage chunk as `usage.cost_usd`."""
+    body = {"model": "feature:ticket-triage", "messages": ASK, "temperature": 0, "max_tokens": 4, "stream": True,
+            "stream_options": {"include_usage": True}}
+    streamed = httpx.post(f"{served.base_url}/v1/chat/completions", json=body, timeout=60)
+    assert streamed.status_code == 200
+    chunks = [json.loads(line[6:]) for line in streamed.text.splitlines()
+              if line.startswith("data: ") and line != "data: [DONE]"]
+    usage = chunks[-1]["usage"]
+    row = next(r for r in ledger_rows(served) if r["request_id"] == streamed.headers["x-request-id"])
+    assert usage["cost_usd"] > 0 and usage["cost_usd"] == pytest.approx(row["cost_usd"])
+    assert usage["cost_usd"] == pytest.approx((usage["prompt_tokens"] * 1.0 + usage["completion_tokens"] * 2.0) / 1e6)
+
+
+def test_a_gated_attempt_names_the_hash_of_its_gates_arguments(served):
+    """Two features whose gates differ only in an argument: each row ties its verdict to its own gate."""
+    gated, other, plain = chat(served, model="feature:gated"), chat(served, model="feature:gated-other"), chat(served)
+    assert (gated.status_code, other.status_code, plain.status_code) == (200, 200, 200)
+    rows = {r["request_id"]: r for r in ledger_rows(served)}
+    table = RoutingTable.model_validate(yaml.safe_load(ROUTING))
+    first, second = (rows[r.headers["x-request-id"]] for r in (gated, other))
+    assert first["gate"] == "regex" and first["gate_passed"]
+    assert first["gate_spec"] == table.features["gated"].gate_hash and len(first["gate_spec"]) == 12
+    assert second["gate_spec"] == table.features["gated-other"].gate_hash != first["gate_spec"]
+    assert rows[plain.headers["x-request-id"]]["gate_spec"] is None
 
 
 def test_feedback_changes_the_failure_rate(served):
