@@ -35,6 +35,8 @@ def C(page: str, says: str, *tests: str) -> Claim:
 E2E, LEDGER, CACHE, FAULTS = "tests/test_errors_e2e.py", "tests/test_ledger_e2e.py", "tests/test_cache_e2e.py", \
     "tests/test_cache_faults.py"
 CACHE_E2E, CLAIMS = "tests/test_cache_faults_e2e.py", "tests/test_docs_claims.py"
+SHARED, SHARED_E2E = "tests/test_shared_state.py", "tests/test_shared_state_e2e.py"
+POOL, POOL_PROFILE = "tests/test_pool.py", "tests/test_pool_profile.py"
 
 CLAIMS_TABLE = [
     # ---- the README's promises ----
@@ -183,6 +185,64 @@ CLAIMS_TABLE = [
       "tests/test_hosted.py::test_a_missing_key_is_not_configured_and_requests_name_the_variable"),
     C("docs/operations.md", "pytest` skips them only with `TIER_RUNNER_SKIP_VLLM=1`",
       "tests/test_operations_claims.py::test_tier_runner_skip_vllm_skips_the_vllm_tests_and_says_so"),
+    # ---- past one machine: shared limits, gateway replicas, pools ----
+    C("docs/keys.md", "a key limited to 30 requests a minute gets 30 in all across any number of replicas",
+      f"{SHARED}::test_a_key_limited_to_30_requests_a_minute_gets_30_across_two_replicas",
+      f"{SHARED_E2E}::test_a_key_limited_to_30_a_minute_gets_30_in_all_across_both_replicas"),
+    C("docs/keys.md", "and a spend cap holds across them",
+      f"{SHARED}::test_a_spend_cap_holds_across_replicas_and_settles_book_once",
+      f"{SHARED_E2E}::test_a_spend_cap_holds_across_both_replicas"),
+    C("docs/keys.md", "the key is served on each replica's own limits, so N replicas may grant up to N times its rate",
+      f"{SHARED}::test_a_redis_outage_admits_fail_open_keys_on_local_limits_and_refuses_fail_closed_ones",
+      f"{SHARED_E2E}::test_stopping_redis_degrades_as_documented_and_never_answers_500"),
+    C("docs/keys.md", "`fail_closed`: its requests that need Redis (a rate limit, a spend cap, its feature's budget) "
+      "answer 503 `limits_unavailable` with `Retry-After` until Redis answers",
+      f"{SHARED}::test_a_redis_outage_admits_fail_open_keys_on_local_limits_and_refuses_fail_closed_ones",
+      f"{SHARED_E2E}::test_stopping_redis_degrades_as_documented_and_never_answers_500"),
+    C("docs/scaling.md", "its tokens are charged once it is answered, off the request path",
+      f"{SHARED}::test_tokens_charged_on_one_replica_count_on_the_other"),
+    C("docs/scaling.md", "a settle replayed after an outage is not booked twice",
+      f"{SHARED}::test_a_spend_cap_holds_across_replicas_and_settles_book_once"),
+    C("docs/scaling.md", "An answer invalidated on one replica is gone on every one",
+      f"{SHARED_E2E}::test_an_answer_invalidated_on_one_replica_is_gone_on_the_other",
+      f"{CACHE_E2E}::test_any_replica_invalidates_an_answer_another_replica_served"),
+    C("docs/scaling.md", "every other replica then re-reads its own files at once",
+      f"{SHARED}::test_a_reload_is_announced_to_the_other_replicas_only",
+      f"{SHARED_E2E}::test_a_reload_on_one_replica_is_announced_to_the_other"),
+    C("docs/scaling.md", "either replica gives the same audit over both replicas' rows",
+      f"{SHARED_E2E}::test_both_writers_rows_make_one_audit_on_either_replica"),
+    C("docs/scaling.md", "Never a 500",
+      f"{SHARED_E2E}::test_stopping_redis_degrades_as_documented_and_never_answers_500"),
+    C("docs/scaling.md", "The shared state's keys start with `trs:v1:`; the cache keeps to its own prefix",
+      f"{SHARED}::test_limit_keys_of_other_prefixes_are_untouched"),
+    C("docs/scaling.md", "A request goes to the admitted replica with the fewest requests in flight for its weight",
+      f"{POOL}::test_concurrent_requests_go_to_the_replica_with_the_fewest_in_flight_for_its_weight",
+      f"{POOL}::test_sequential_requests_are_shared_by_weight"),
+    C("docs/scaling.md", "then one request probes it, and an answer re-admits it",
+      f"{POOL}::test_an_ejected_replica_is_probed_after_its_cooldown_and_readmitted_when_it_answers"),
+    C("docs/scaling.md", "A replica that is busy (`queue_full`) is skipped for that request but not ejected",
+      f"{POOL}::test_a_bad_request_and_an_overloaded_replica"),
+    C("docs/scaling.md", "one that is ready again is re-admitted at once, with a clean slate",
+      f"{POOL}::test_a_replica_that_gets_ready_again_is_readmitted_at_once",
+      f"{POOL}::test_the_supervisor_restarts_a_failed_replica_alone"),
+    C("docs/scaling.md", "is sent to another replica, each at most once",
+      f"{POOL}::test_a_request_that_fails_before_its_first_byte_is_answered_by_another_replica",
+      f"{POOL}::test_when_every_replica_fails_the_error_names_each"),
+    C("docs/scaling.md", "a stream that broke after its first event is not either",
+      f"{POOL}::test_streams_retry_before_the_first_delta_but_not_after"),
+    C("docs/scaling.md", "requests are still served while any replica is",
+      f"{POOL}::test_min_ready_holds_ready_but_the_replicas_left_still_serve"),
+    C("docs/scaling.md", "in a replica they are an error that says so",
+      f"{POOL_PROFILE}::test_a_bad_replica_names_the_file_the_key_and_the_fix", f"{POOL_PROFILE}::test_pool_keys_are_checked"),
+    C("docs/scaling.md", "The fit check places every replica",
+      f"{POOL_PROFILE}::test_the_fit_check_places_every_replica_of_a_pool"),
+    C("docs/scaling.md", "Every answered request had its ledger row with the replica its `x-replica` header named",
+      "tests/test_pool_e2e.py::test_a_pool_of_two_servers_balances_survives_a_sigkill_and_readmits"),
+    C("docs/scaling.md", "Refused at load, with the fix",
+      f"{POOL_PROFILE}::test_parallelism_that_cannot_work_is_refused_at_load"),
+    C("docs/scaling.md", "One placement per GPU of this node",
+      f"{POOL_PROFILE}::test_tensor_parallel_places_a_shard_on_each_gpu_and_needs_them_all",
+      f"{POOL_PROFILE}::test_parallelism_flags_pass_through_to_vllm"),
 ]
 
 
@@ -232,11 +292,15 @@ def _figures():
     from tiers.cache.index import ANN_MIN
     from tiers.cache.semantic import CachePolicy, SemanticCache
     from tiers.cache.store import Limits
+    from tiers.ledger.store import Ledger
+    from tiers.recorder import RESERVATION_TTL_S
     from tiers.settings import Settings
+    from tiers.shared.state import SharedState
     from tiers.tier_runners import TierRunners
 
     sweep = SemanticCache.__init__.__kwdefaults__["sweep_interval_s"]
     drain = TierRunners.__init__.__kwdefaults__["drain_timeout_s"]
+    redis = SharedState.__init__.__kwdefaults__
     return [
         ("docs/keys.md", "more than 256 messages", Settings().max_messages, 256),
         ("docs/keys.md", "1 MiB by default", Settings().max_body_bytes, 1 << 20),
@@ -249,6 +313,12 @@ def _figures():
         ("docs/cache.md", "a sweep every 60 s", sweep, 60),
         ("docs/operations.md", "for up to 600 s", drain, 600),
         ("docs/operations.md", "checked every second", Settings().reload_interval_s, 1),
+        ("docs/scaling.md", "every `--reload-interval` seconds (default 1;", Settings().reload_interval_s, 1),
+        ("docs/scaling.md", "a reservation never settled expires after an hour", RESERVATION_TTL_S, 3600),
+        ("docs/scaling.md", "Every Redis call has a 0.5 s timeout", redis["timeout_s"], 0.5),
+        ("docs/scaling.md", "stops calls for a second, then one call (or the PING every 2 s)",
+         (redis["retry_s"], redis["probe_s"]), (1.0, 2.0)),
+        ("docs/scaling.md", "in one transaction every 0.2 s", Ledger.__init__.__kwdefaults__["flush_interval_s"], 0.2),
     ]
 
 
