@@ -29,10 +29,15 @@ class Need:
     overhead: int  # runtime: the engine's own processes, activations
     note: str = ""
     gpu_fraction: float | None = None  # a GPU tier: share of the GPU the engine claims up front (vLLM)
+    replica: str = ""  # a pool's member: its name
 
     @property
     def total(self) -> int:
         return self.weights + self.kv_cache + self.overhead
+
+    @property
+    def label(self) -> str:
+        return f"{self.tier} (replica {self.replica})" if self.replica else str(self.tier)
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,14 @@ class Placement:
         return self.need <= self.capacity
 
 
-def check_devices(used: dict[int, tuple[str, Device]], machine: Machine, source: str = "profile") -> None:
-    """Every cuda device a tier is mapped to exists here; checked first, before any model is looked at."""
+def check_devices(used: dict[str, tuple[str, Device]], machine: Machine, source: str = "profile") -> None:
+    """Every cuda device a tier (or a pool's replica: "tier 2 (replica b)") is mapped to exists here; checked
+    first, before any model is looked at."""
     problems = []
-    for tier, (name, device) in sorted(used.items()):
+    for who, (name, device) in sorted(used.items()):
         if device.kind == "cuda" and machine.gpu(device.index or 0) is None:
             seen = ", ".join(f"cuda:{g.index} {g.name}" for g in machine.gpus) or f"none ({machine.gpu_probe})"
-            problems.append(f"tier {tier} runs on device {name!r} (cuda index {device.index}), which this machine "
+            problems.append(f"{who} runs on device {name!r} (cuda index {device.index}), which this machine "
                             f"does not have; GPUs found: {seen}. Use a profile for this machine (e.g. workstation) "
                             f"or map the tier to an existing device")
     if problems:
@@ -62,20 +68,23 @@ def check_devices(used: dict[int, tuple[str, Device]], machine: Machine, source:
 
 
 def check_fit(needs: list[Need], machine: Machine, source: str = "profile") -> list[Placement]:
-    """Raise ConfigError naming every problem with its numbers; return each device's sums when all fit."""
+    """Raise ConfigError naming every problem with its numbers; return each device's sums when all fit.
+
+    Needs are summed per GPU index, whatever the devices are called: two replicas, or one replica's tensor-parallel
+    shards, on the same GPU share it."""
     problems: list[str] = []
     placements: list[Placement] = []
     host_need = sum(n.total for n in needs if n.device.kind == "cpu")
     host_tiers = [n.tier for n in needs if n.device.kind == "cpu"]
-    by_gpu: dict[str, list[Need]] = {}
+    by_gpu: dict[int, list[Need]] = {}
     for need in needs:
         if need.device.kind == "cuda":
-            by_gpu.setdefault(need.device_name, []).append(need)
+            by_gpu.setdefault(need.device.index or 0, []).append(need)
             host_need += need.overhead  # the engine's host-side processes
             host_tiers.append(need.tier)
-    for name, gpu_needs in sorted(by_gpu.items()):
-        device = gpu_needs[0].device
-        tiers = ", ".join(str(n.tier) for n in gpu_needs)
+    for _, gpu_needs in sorted(by_gpu.items()):
+        device, name = gpu_needs[0].device, gpu_needs[0].device_name
+        tiers = ", ".join(n.label for n in gpu_needs)
         gpu = machine.gpu(device.index or 0)
         if gpu is None:
             seen = ", ".join(f"cuda:{g.index} {g.name}" for g in machine.gpus) or f"none ({machine.gpu_probe})"
@@ -99,7 +108,7 @@ def check_fit(needs: list[Need], machine: Machine, source: str = "profile") -> l
     if host_tiers:
         placements.insert(0, Placement("cpu", "cpu (RAM)", host_need, machine.ram_available, tuple(host_tiers)))
         if host_need > machine.ram_available:
-            detail = "; ".join(f"tier {n.tier}: weights {gib(n.weights)} + KV {gib(n.kv_cache)} + runtime "
+            detail = "; ".join(f"tier {n.label}: weights {gib(n.weights)} + KV {gib(n.kv_cache)} + runtime "
                                f"{gib(n.overhead)}" for n in needs)
             problems.append(f"the tiers need {gib(host_need)} of RAM but {gib(machine.ram_available)} is available "
                             f"(of {gib(machine.ram_total)}): {detail}; use smaller models, a smaller n_ctx/max_batch or "

@@ -57,6 +57,7 @@ class Answer(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage = Field(default_factory=Usage)
+    replica: str | None = Field(default=None, exclude=True)  # the pool member that answered (never serialised)
 
     @property
     def first(self) -> Choice:
@@ -88,6 +89,7 @@ class Delta(BaseModel):
     choices: list[ChoiceDelta] = Field(default_factory=list)
     usage: Usage | None = None
     cost_usd: float | None = None  # set by the serving layer on the usage delta: what the answer cost
+    replica: str | None = Field(default=None, exclude=True)  # on a pool's first delta: the member answering
 
 
 def new_id() -> str:
@@ -116,8 +118,10 @@ class AnswerBuilder:
         self.finish: dict[int, FinishReason] = {}
         self.logprobs: dict[int, list[TokenLogprob]] = {}
         self.usage: Usage | None = None
+        self.replica: str | None = None
 
     def add(self, delta: Delta) -> None:
+        self.replica = self.replica or delta.replica
         if delta.usage is not None:
             self.usage = delta.usage
         for c in delta.choices:
@@ -153,7 +157,7 @@ class AnswerBuilder:
             text = "".join(self.text.get(i, []))
             choices.append(Choice(index=i, text=text if text or not calls else None, tool_calls=calls,
                                   finish_reason=self.finish.get(i, "stop"), logprobs=self.logprobs.get(i)))
-        return Answer(model=self.model, choices=choices, usage=self.usage or Usage())
+        return Answer(model=self.model, choices=choices, usage=self.usage or Usage(), replica=self.replica)
 
 
 async def replay(deltas: Iterable[Delta]) -> AsyncIterator[Delta]:

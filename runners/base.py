@@ -8,6 +8,8 @@ backend right now (a hosted API's open circuit shows as `failed` without being a
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Literal
@@ -48,10 +50,13 @@ class Lifecycle:
     def __init__(self) -> None:
         self.state: State = "stopped"
         self.detail = ""
+        self.since = time.monotonic()  # when it entered this state (a pool re-admits a replica ready since its ejection)
 
     def to(self, state: State, detail: str = "") -> None:
         if state not in TRANSITIONS[self.state]:
             raise RuntimeError(f"runner lifecycle: {self.state} -> {state} is not a transition")
+        if state != self.state:
+            self.since = time.monotonic()
         self.state, self.detail = state, detail
 
 
@@ -72,6 +77,7 @@ class Runner(ABC):
         self.device = device
         self.lifecycle = Lifecycle()
         self.in_flight = 0  # requests being answered now: a retired runner drains to zero before it stops
+        self.replica = ""  # a pool's member (runners/pool.py): its name, on /ready, in metrics and the ledger
 
     @classmethod
     def variant(cls, options: Any) -> type[Runner]:
@@ -115,6 +121,15 @@ class Runner(ABC):
     def memory_need(self) -> Need | None:
         """What this tier takes on its device, for the fit check before start; None: nothing local."""
         return None
+
+    def memory_needs(self) -> list[Need]:
+        """Every device's share (a server over several GPUs has one per GPU), named for this replica."""
+        need = self.memory_need()
+        return [] if need is None else [dataclasses.replace(need, replica=self.replica)]
+
+    def supervised(self) -> list[Runner]:
+        """What the supervisor health-checks and restarts one by one: this runner, or a pool's replicas."""
+        return [self]
 
     async def check(self) -> None:
         """Probe the backend and move the lifecycle if it broke (the supervisor calls it periodically)."""
@@ -162,10 +177,13 @@ def register_runner(cls: type[Runner]) -> type[Runner]:
     return cls
 
 
-def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict[str, Device] | None = None) -> Runner:
-    """Validate the placement's options against the runner's own Options model, then construct it."""
+def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict[str, Device] | None = None, *,
+                 key: str | None = None) -> Runner:
+    """Validate the placement's options against the runner's own Options model, then construct it; `key` names
+    the placement in errors (default `tiers.<n>`; a pool's replica: `tiers.<n>.replicas.<i>`)."""
     import runners.builtin  # noqa: F401  (registers the built-in runners)
 
+    key = key or f"tiers.{tier}"
     cls = RUNNERS.get(placement.runner)
     if cls is None:
         known = ", ".join(sorted(RUNNERS))
@@ -173,6 +191,6 @@ def build_runner(tier: int, placement: TierPlacement, source: str, devices: dict
     if placement.optional and not cls.may_be_optional:
         raise ConfigError(f"{source}: tiers.{tier}.optional: a {placement.runner} tier is always configured, so it cannot "
                           "be optional; remove `optional` (only a hosted tier, whose key may be missing, can be)")
-    options = validate_model(placement.options, cls.Options, source=f"{source}: tiers.{tier}")
+    options = validate_model(placement.options, cls.Options, source=f"{source}: {key}")
     device = (devices or {}).get(placement.device) if placement.device else None
     return cls.variant(options)(tier, placement, options, device)

@@ -1,7 +1,7 @@
 """`tier-runner hardware`: this machine, and where the active profile puts each tier (with the fit check).
 
 It lives in runners/ because it needs both floors: the machine and profile (hardware/) and each runner's
-own memory estimate (`Runner.memory_need`)."""
+own memory estimate (`Runner.memory_needs`), every replica of a pool."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def hardware(profile: str) -> None:
     from hardware.errors import ConfigError
     from hardware.fit import check_devices, check_fit
     from hardware.profile import load_profile
-    from runners.base import build_runner
+    from runners.pool import build_tier_runner
+    from runners.supervisor import placed
 
     machine = detect()
     click.echo(f"cpu: {machine.cpu_model}, {machine.cores} cores usable, flags: {' '.join(machine.cpu_flags) or 'none'}")
@@ -30,22 +31,22 @@ def hardware(profile: str) -> None:
         click.echo(f"gpu: none ({machine.gpu_probe})")
     path, prof = load_profile(profile)
     click.echo(f"profile: {path}")
+    runners = {tier: build_tier_runner(tier, placement, str(path), prof.devices)
+               for tier, placement in sorted(prof.tiers.items())}
     needs, problems, used = [], [], {}
-    for tier, placement in sorted(prof.tiers.items()):
-        runner = build_runner(tier, placement, str(path), prof.devices)
-        where = placement.device or "remote"
-        line = f"  tier {tier}: {placement.runner} {placement.model} on {where}"
+    for who, runner in placed(runners):
+        line = f"  {who}: {runner.placement.runner} {runner.model_name} on {runner.placement.device or 'remote'}"
         try:
-            need = runner.memory_need()
+            own = runner.memory_needs()
         except ConfigError as exc:
-            need, problems = None, problems + [f"tier {tier}: {exc.message}"]
+            own, problems = [], problems + [f"{who}: {exc.message}"]
             line += ": model not available"
         if runner.device is not None:
-            used[tier] = (placement.device, runner.device)
-        if need is not None:
-            needs.append(need)
-            line += f": weights {gib(need.weights)} + KV {gib(need.kv_cache)} + runtime {gib(need.overhead)}"
-            line += f" ({need.note})" if need.note else ""
+            used[who] = (runner.placement.device, runner.device)
+        needs += own
+        for need in own:
+            line += f": {need.device_name}: weights {gib(need.weights)} + KV {gib(need.kv_cache)} + runtime " \
+                    f"{gib(need.overhead)}" + (f" ({need.note})" if need.note else "")
         click.echo(line)
     try:
         check_devices(used, machine, str(path))

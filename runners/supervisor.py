@@ -12,6 +12,8 @@
   (a hosted API whose key is not exported), which is not retried and holds nothing back.
 - `replace()` puts a new runner in a tier's place once it is ready; the old one is no longer
   supervised, so it is never restarted.
+- A pool (runners/pool.py) is one tier but several units: each replica is probed, backed off and restarted
+  on its own (`Runner.supervised`), under the key `<tier>/<replica>`.
 
 The supervisor owns the tier -> runner map; everyone else asks it (`runner`, `tiers`). It changes a
 runner's state only through `Runner.mark_failed`.
@@ -48,8 +50,8 @@ class Supervisor:
         self._runners = dict(runners)
         self.source = source
         self._watch: asyncio.Task | None = None
-        self._restarts = {tier: _Restarts(r.placement.restart.backoff_s) for tier, r in runners.items()}
-        self._busy: set[int] = set()
+        self._restarts: dict[str, _Restarts] = {}
+        self._busy: set[str] = set()  # units being restarted
 
     async def start(self) -> None:
         if os.environ.get("TIER_RUNNER_SKIP_FIT_CHECK") != "1":
@@ -83,8 +85,8 @@ class Supervisor:
 
     def ready(self) -> bool:
         """Every tier ready, but for optional ones that are not configured."""
-        return all(r.status().state == "ready" or (r.placement.optional and r.lifecycle.state == "not_configured")
-                   for r in self._runners.values())
+        return all((state := r.status().state) == "ready" or (r.placement.optional and state == "not_configured")
+                   for r in self._runners.values())  # status(), not the lifecycle: a pool's is its replicas'
 
     async def stop(self) -> None:
         if self._watch is not None:
@@ -97,13 +99,13 @@ class Supervisor:
         """Start `runner`, wait until it is ready, then put it in place of the tier's current one (returned,
         still running: the caller drains and stops it). A runner that does not get ready is stopped and the
         tier keeps its old one (ConfigError with the reason)."""
-        while tier in self._busy:  # a restart of the current runner is under way: let it finish first
+        while any(unit.split("/")[0] == str(tier) for unit in self._busy):  # a restart is under way: let it finish
             await asyncio.sleep(0.1)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ready_timeout_s
         try:
             await runner.start()
-            while runner.lifecycle.state == "starting" and loop.time() < deadline:
+            while runner.status().state == "starting" and loop.time() < deadline:
                 await asyncio.sleep(0.2)
         except Exception as exc:
             await runner.stop()
@@ -115,28 +117,42 @@ class Supervisor:
             raise ConfigError(f"tier {tier}: the new runner did not become ready ({why}): {status.detail}")
         old = self._runners.get(tier)
         self._runners[tier] = runner
-        self._restarts[tier] = _Restarts(runner.placement.restart.backoff_s)
+        for unit in [u for u in self._restarts if u.split("/")[0] == str(tier)]:
+            del self._restarts[unit]
         return old
 
-    def restarts(self, tier: int) -> int:
-        return self._restarts[tier].attempts
+    def restarts(self, tier: int, replica: str = "") -> int:
+        """Restarts so far of a tier's runner, or of one replica of its pool."""
+        book = self._restarts.get(f"{tier}/{replica}" if replica else str(tier))
+        return book.attempts if book else 0
+
+    def units(self) -> dict[str, Runner]:
+        """What is supervised one by one: `<tier>` for a runner of its own, `<tier>/<replica>` for a pool's."""
+        return {f"{tier}/{r.replica}" if r.replica else str(tier): r
+                for tier, runner in self._runners.items() for r in runner.supervised()}
+
+    def _book(self, unit: str, runner: Runner) -> _Restarts:
+        book = self._restarts.get(unit)
+        if book is None:
+            book = self._restarts[unit] = _Restarts(runner.placement.restart.backoff_s)
+        return book
 
     async def _watch_loop(self) -> None:
-        interval = min(r.placement.restart.check_interval_s for r in self._runners.values()) if self._runners else 1.0
         while True:
-            await asyncio.sleep(interval)
-            for tier, runner in list(self._runners.items()):
-                if tier in self._busy:
+            units = self.units()
+            await asyncio.sleep(min((r.placement.restart.check_interval_s for r in units.values()), default=1.0))
+            for unit, runner in list(self.units().items()):
+                if unit in self._busy:
                     continue
                 try:
                     await runner.check()
                 except Exception as exc:  # a probe must never end the watch
-                    log.warning("tier %s health check raised %s", tier, exc)
-                self._consider(tier, runner)
+                    log.warning("tier %s health check raised %s", unit, exc)
+                self._consider(unit, runner)
 
-    def _consider(self, tier: int, runner: Runner) -> None:
+    def _consider(self, unit: str, runner: Runner) -> None:
         state, now = runner.lifecycle.state, time.monotonic()
-        book = self._restarts[tier]
+        book = self._book(unit, runner)
         policy = runner.placement.restart
         if state == "ready":
             book.ready_since = book.ready_since or now
@@ -148,33 +164,40 @@ class Supervisor:
             return
         if book.next_at == 0.0:
             book.next_at = now + book.backoff_s
-            log.warning("tier %s (%s) failed: %s; restarting in %.1f s", tier, runner.kind, runner.status().detail,
+            log.warning("tier %s (%s) failed: %s; restarting in %.1f s", unit, runner.kind, runner.status().detail,
                         book.backoff_s)
         elif now >= book.next_at:
-            self._busy.add(tier)
-            asyncio.create_task(self._restart(tier, runner))
+            self._busy.add(unit)
+            asyncio.create_task(self._restart(unit, runner))
 
-    async def _restart(self, tier: int, runner: Runner) -> None:
-        book = self._restarts[tier]
+    async def _restart(self, unit: str, runner: Runner) -> None:
+        book = self._book(unit, runner)
         policy = runner.placement.restart
         book.attempts += 1
         book.history.append(time.time())
-        log.warning("tier %s (%s): restart %d", tier, runner.kind, book.attempts)
+        log.warning("tier %s (%s): restart %d", unit, runner.kind, book.attempts)
         try:
             await runner.stop()
-            if self._runners.get(tier) is runner:  # not replaced meanwhile: a retired runner is never restarted
+            if self.units().get(unit) is runner:  # not replaced meanwhile: a retired runner is never restarted
                 await runner.start()
         except Exception as exc:
             runner.mark_failed(f"restart {book.attempts} failed: {exc.__class__.__name__}: {exc}")
         finally:
             book.next_at = 0.0
             book.backoff_s = min(book.backoff_s * 2, policy.backoff_max_s)
-            self._busy.discard(tier)
+            self._busy.discard(unit)
+
+
+def placed(runners: dict[int, Runner]) -> list[tuple[str, Runner]]:
+    """Every runner that takes a place on this machine, named for messages: "tier 2", "tier 2 (replica b)"."""
+    return [(f"tier {tier}" + (f" (replica {r.replica})" if r.replica else ""), r)
+            for tier, runner in sorted(runners.items()) for r in runner.supervised()]
 
 
 def check_fits(runners: dict[int, Runner], source: str, machine: Machine | None = None) -> list[Placement]:
-    """The profile's tiers against this machine (or `machine`); ConfigError with the numbers if they do not fit."""
+    """The profile's tiers (every replica of a pool) against this machine (or `machine`); ConfigError with the
+    numbers if they do not fit."""
     machine = machine or detect()
-    check_devices({t: (r.placement.device, r.device) for t, r in runners.items() if r.device is not None}, machine, source)
-    needs = [need for runner in runners.values() if (need := runner.memory_need()) is not None]
-    return check_fit(needs, machine, source)
+    units = placed(runners)
+    check_devices({who: (r.placement.device, r.device) for who, r in units if r.device is not None}, machine, source)
+    return check_fit([need for _, r in units for need in r.memory_needs()], machine, source)

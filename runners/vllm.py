@@ -67,7 +67,11 @@ class VllmRunner(Runner):
         return launch.model_source(self.tier, self.model_name)
 
     def memory_need(self) -> Need | None:
-        return launch.memory_need(self)
+        needs = self.memory_needs()
+        return needs[0] if needs else None
+
+    def memory_needs(self) -> list[Need]:
+        return launch.memory_needs(self, self.replica)
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -156,10 +160,7 @@ class VllmRunner(Runner):
         """A ready server must answer /health; `health_failures` misses in a row mean failed."""
         if self.lifecycle.state != "ready" or self._endpoint is None:
             return
-        try:
-            ok = (await self._endpoint.client.get(f"{self.base_url}/health", timeout=5)).status_code == 200
-        except httpx.HTTPError:
-            ok = False
+        ok = await self._endpoint.healthy(f"{self.base_url}/health")
         self._probe_failures = 0 if ok else self._probe_failures + 1
         if self._probe_failures >= self.options.health_failures and self.lifecycle.state == "ready":
             self.lifecycle.to("failed", f"vLLM at {self.base_url} failed {self._probe_failures} health checks in a row")

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hardware.detect import GiB
 from hardware.errors import ConfigError
@@ -29,7 +29,22 @@ class VllmOptions(BaseModel):
                         description="interpreter of the environment that has vLLM (relative to the working directory)")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(default="auto", description="weights and compute dtype")
     enforce_eager: bool = Field(default=False, description="--enforce-eager; needed for bf16 on CPU (else nonsense)")
-    tensor_parallel_size: int = Field(default=1, ge=1, le=64, description="GPUs per replica (cuda devices from `index` on)")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64,
+                                      description="--tensor-parallel-size: GPUs each layer is split over")
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64,
+                                        description="--pipeline-parallel-size: stages the layers are split into "
+                                                    "(across nodes, usually one per node)")
+    data_parallel_size: int = Field(default=1, ge=1, le=64,
+                                    description="--data-parallel-size: copies of the model inside this one server, "
+                                                "each on its own tensor x pipeline GPUs")
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        default=None, description="--distributed-executor-backend: mp on one node (vLLM's default), ray for a Ray "
+                                  "cluster (`ray start` on each node first); with data_parallel_size > 1 also "
+                                  "--data-parallel-backend")
+    nodes: int = Field(default=1, ge=1, le=64,
+                       description="nodes of the Ray cluster this server spans; this node holds its share of the "
+                                   "GPUs (tensor x pipeline x data / nodes, from `index` on) and the fit check places "
+                                   "that share")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="share of each GPU's memory vLLM may take")
     max_model_len: int | None = Field(default=None, ge=64, description="context window; default: the model's own")
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096, description="sequences decoded together")
@@ -49,6 +64,29 @@ class VllmOptions(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=300.0, gt=0, description="longest wait for the next byte of an answer")
     max_connections: int = Field(default=64, ge=1)
+
+    @model_validator(mode="after")
+    def _parallelism(self) -> VllmOptions:
+        if self.nodes > 1 and self.distributed_executor_backend != "ray":
+            raise ValueError(f"nodes: {self.nodes} nodes need distributed_executor_backend: ray (a Ray cluster across "
+                             "them); set it, or nodes: 1")
+        if self.gpus % self.nodes:
+            raise ValueError(f"nodes: tensor x pipeline x data parallel = {self.gpus} GPUs do not split evenly over "
+                             f"{self.nodes} nodes; make the product a multiple of nodes")
+        if self.url and (self.gpus > 1 or self.distributed_executor_backend):
+            raise ValueError("url: an attached server's parallelism is set where it was started; remove "
+                             "tensor/pipeline/data_parallel_size, nodes and distributed_executor_backend, or url")
+        return self
+
+    @property
+    def gpus(self) -> int:
+        """GPUs of the whole server, every node together."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size * self.data_parallel_size
+
+    @property
+    def local_gpus(self) -> int:
+        """GPUs of this node: from the device's `index` on."""
+        return self.gpus // self.nodes
 
 
 def model_source(tier: int, name: str) -> str:
@@ -70,24 +108,33 @@ def model_source(tier: int, name: str) -> str:
     return name  # an HF id: served only if it is already in the local HF cache (HF_HUB_OFFLINE=1)
 
 
-def memory_need(runner: VllmRunner) -> Need | None:
-    """Weights, KV cache and vLLM's own processes; an attached server (url) is not ours to place."""
-    if runner.options.url:
-        return None
+def memory_needs(runner: VllmRunner, replica: str = "") -> list[Need]:
+    """Weights, KV cache and vLLM's own processes, per device of this node; an attached server (url) is not ours
+    to place. On GPUs: one need per local GPU, each with its shard (weights and one full-length sequence's KV
+    cache split over tensor x pipeline; data parallel copies the model), vLLM's host processes counted once."""
+    opts = runner.options
+    if opts.url:
+        return []
     device = runner.device or Device(kind="cpu")
+    name = runner.placement.device or "cpu"
     folder = Path(model_source(runner.tier, runner.model_name))
-    if not (folder / "config.json").is_file():
-        return Need(runner.tier, runner.placement.device or "cpu", device, 0, 0, VLLM_HOST_OVERHEAD,
-                    note="an HF id: its size is unknown until vLLM loads it")
+    known = (folder / "config.json").is_file()
+    if device.kind == "cpu" or not known:
+        if not known:
+            return [Need(runner.tier, name, device, 0, 0, VLLM_HOST_OVERHEAD, replica=replica,
+                         note="an HF id: its size is unknown until vLLM loads it")]
+        weights = hf_shape(folder)[0]
+        kv = (opts.cpu_kvcache_space_gib or 4) * GiB  # vLLM's CPU default is 4 GiB
+        return [Need(runner.tier, name, device, weights, kv, VLLM_HOST_OVERHEAD, replica=replica)]
     weights, layers, kv_heads, head_dim = hf_shape(folder)
-    if device.kind == "cpu":
-        kv = (runner.options.cpu_kvcache_space_gib or 4) * GiB  # vLLM's CPU default is 4 GiB
-        return Need(runner.tier, runner.placement.device or "cpu", device, weights, kv, VLLM_HOST_OVERHEAD)
-    length = runner.options.max_model_len or _max_positions(folder)
-    kv = kv_bytes_per_token(layers, kv_heads, head_dim) * length
-    return Need(runner.tier, runner.placement.device, device, weights // runner.options.tensor_parallel_size,
-                kv // runner.options.tensor_parallel_size, VLLM_HOST_OVERHEAD,
-                gpu_fraction=runner.options.gpu_memory_utilization)
+    kv = kv_bytes_per_token(layers, kv_heads, head_dim) * (opts.max_model_len or _max_positions(folder))
+    split = opts.tensor_parallel_size * opts.pipeline_parallel_size
+    first = device.index or 0
+    return [Need(runner.tier, name if g == 0 else f"{name}+{g}", Device(kind="cuda", index=first + g), weights // split,
+                 kv // split, VLLM_HOST_OVERHEAD if g == 0 else 0, replica=replica,
+                 gpu_fraction=opts.gpu_memory_utilization,
+                 note="" if g == 0 else f"GPU {g + 1} of {opts.local_gpus} on this node")
+            for g in range(opts.local_gpus)]
 
 
 def python(runner: VllmRunner) -> str:
@@ -104,6 +151,14 @@ def command(runner: VllmRunner, model: str, port: int) -> list[str]:
            "--served-model-name", runner.model_name, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", opts.dtype, "--tensor-parallel-size", str(opts.tensor_parallel_size),
            "--disable-uvicorn-access-log"]
+    if opts.pipeline_parallel_size > 1:
+        cmd += ["--pipeline-parallel-size", str(opts.pipeline_parallel_size)]
+    if opts.data_parallel_size > 1:
+        cmd += ["--data-parallel-size", str(opts.data_parallel_size)]
+    if opts.distributed_executor_backend:
+        cmd += ["--distributed-executor-backend", opts.distributed_executor_backend]
+        if opts.distributed_executor_backend == "ray" and opts.data_parallel_size > 1:
+            cmd += ["--data-parallel-backend", "ray"]
     if runner.device is not None and runner.device.kind == "cuda":
         cmd += ["--gpu-memory-utilization", str(opts.gpu_memory_utilization)]
     if opts.max_model_len:
@@ -124,7 +179,7 @@ def environment(runner: VllmRunner) -> dict[str, str]:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(runner.options.cpu_kvcache_space_gib)
     if runner.device is not None and runner.device.kind == "cuda":
         first = runner.device.index or 0
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(runner.options.tensor_parallel_size))
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(runner.options.local_gpus))
     return {**env, **runner.options.env}
 
 

@@ -20,6 +20,7 @@ COLUMNS_AT = {
 }
 COLUMNS_AT[2] = COLUMNS_AT[1] | {"api", "tool_calls", "gate_spec", "feature_spec"}
 COLUMNS_AT[3] = COLUMNS_AT[2] | {"shadow_of", "shadow_agreed"}
+COLUMNS_AT[4] = COLUMNS_AT[3] | {"replica"}
 LATEST = max(number for number, _, _ in MIGRATIONS)
 
 

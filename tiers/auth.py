@@ -2,7 +2,8 @@
 
 A keys file (YAML) lists each key's sha256, its features, whether it may use `tier:<n>` directly, a
 rate limit (requests and tokens per minute, token buckets) and an optional spend cap. Without a keys
-file the server is keyless, which it allows only on a loopback address.
+file the server is keyless, which it allows only on a loopback address. The buckets live in this
+process (`LocalLimiter`), or, with `--redis-url`, in Redis for every replica (tiers/shared/limits.py).
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class ClientKey(BaseModel):
     direct_tiers: bool = Field(default=False, description="may call tier:<n> without a feature")
     rate_limit: RateLimit | None = None
     spend_cap: SpendCap | None = None
+    on_redis_outage: Literal["fail_open", "fail_closed"] = Field(default="fail_open", description=(
+        "with --redis-url, when Redis does not answer: fail_open enforces this key's limits on each replica alone "
+        "(so N replicas may grant up to N times its rate), fail_closed refuses its requests with 503 "
+        "limits_unavailable until Redis answers"))
 
     def may_call(self, route: Route) -> bool:
         if route.feature is None:
@@ -118,16 +123,61 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class Access:
-    def __init__(self, keys: KeysFile | None):
-        self.keys = keys
-        self._by_hash = {k.sha256: k for k in keys.keys} if keys else {}
+def over_limit(key: ClientKey, kind: str, wait: float) -> RateLimited:
+    limit = key.rate_limit
+    per_minute = limit.requests_per_minute if kind == "requests" else limit.tokens_per_minute
+    return RateLimited(f"key {key.id!r} is over {per_minute} {kind} per minute", retry_after=wait)
+
+
+class LocalLimiter:
+    """Each key's request and token buckets in this process: the limiter of one gateway, and what a replica
+    falls back to when the shared one (Redis) does not answer."""
+
+    def __init__(self) -> None:
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._lock = threading.Lock()
 
+    async def admit(self, key: ClientKey) -> None:
+        """The request bucket (one request taken) and the token bucket (at least one token left)."""
+        limit = key.rate_limit
+        with self._lock:
+            if limit.requests_per_minute:
+                bucket = self._bucket(key.id, "requests", limit.requests_per_minute)
+                wait = bucket.wait_for(1)
+                if wait > 0:
+                    raise over_limit(key, "requests", wait)
+                bucket.take(1)
+            if limit.tokens_per_minute:
+                wait = self._bucket(key.id, "tokens", limit.tokens_per_minute).wait_for(1)
+                if wait > 0:
+                    raise over_limit(key, "tokens", wait)
+
+    def took(self, key: ClientKey) -> None:
+        """A request the shared limiter admitted: this replica's own buckets follow its share of the traffic."""
+        if key.rate_limit.requests_per_minute:
+            with self._lock:
+                self._bucket(key.id, "requests", key.rate_limit.requests_per_minute).take(1)
+
+    def charge(self, key: ClientKey, tokens: int) -> None:
+        with self._lock:
+            self._bucket(key.id, "tokens", key.rate_limit.tokens_per_minute).take(tokens)
+
+    def _bucket(self, key_id: str, kind: str, per_minute: int) -> TokenBucket:
+        bucket = self._buckets.get((key_id, kind))
+        if bucket is None or bucket.capacity != per_minute:
+            bucket = self._buckets[(key_id, kind)] = TokenBucket(per_minute)
+        return bucket
+
+
+class Access:
+    def __init__(self, keys: KeysFile | None, limiter=None):
+        self.keys = keys
+        self._by_hash = {k.sha256: k for k in keys.keys} if keys else {}
+        self.limiter = limiter or LocalLimiter()  # or tiers.shared.limits.SharedLimiter: the same three calls
+
     @classmethod
-    def from_file(cls, path: Path | None) -> Access:
-        return cls(load_yaml_model(path, KeysFile) if path else None)
+    def from_file(cls, path: Path | None, limiter=None) -> Access:
+        return cls(load_yaml_model(path, KeysFile) if path else None, limiter)
 
     @property
     def keyless(self) -> bool:
@@ -161,7 +211,7 @@ class Access:
                 raise Forbidden("this client key may not use admin endpoints")
             raise Unauthorized("invalid admin key")
 
-    def admit(self, key: ClientKey | None, route: Route) -> None:
+    async def admit(self, key: ClientKey | None, route: Route) -> None:
         """Feature access, then the request bucket and the token bucket, before any work (the spend cap is
         checked and reserved with the feature's budget: Recorder.admit)."""
         if key is None:
@@ -170,28 +220,10 @@ class Access:
             what = f"feature {route.feature!r}" if route.feature else f"direct use of {route.label}"
             raise Forbidden(f"key {key.id!r} may not call {what}; ask for it to be added to the key's features")
         limit = key.rate_limit
-        with self._lock:
-            if limit and limit.requests_per_minute:
-                bucket = self._bucket(key.id, "requests", limit.requests_per_minute)
-                wait = bucket.wait_for(1)
-                if wait > 0:
-                    raise RateLimited(f"key {key.id!r} is over {limit.requests_per_minute} requests per minute",
-                                      retry_after=wait)
-                bucket.take(1)
-            if limit and limit.tokens_per_minute:
-                wait = self._bucket(key.id, "tokens", limit.tokens_per_minute).wait_for(1)
-                if wait > 0:
-                    raise RateLimited(f"key {key.id!r} is over {limit.tokens_per_minute} tokens per minute",
-                                      retry_after=wait)
+        if limit and (limit.requests_per_minute or limit.tokens_per_minute):
+            await self.limiter.admit(key)
 
     def charge(self, key: ClientKey | None, tokens: int) -> None:
         if key is None or not key.rate_limit or not key.rate_limit.tokens_per_minute:
             return
-        with self._lock:
-            self._bucket(key.id, "tokens", key.rate_limit.tokens_per_minute).take(tokens)
-
-    def _bucket(self, key_id: str, kind: str, per_minute: int) -> TokenBucket:
-        bucket = self._buckets.get((key_id, kind))
-        if bucket is None or bucket.capacity != per_minute:
-            bucket = self._buckets[(key_id, kind)] = TokenBucket(per_minute)
-        return bucket
+        self.limiter.charge(key, tokens)

@@ -22,9 +22,11 @@ from tiers.settings import Settings
               envvar="TIER_RUNNER_DATA_DIR", help="ledger database and spool")
 @click.option("--ledger-url", default=None, envvar="TIER_RUNNER_LEDGER_URL",
               help="SQLAlchemy URL of the ledger (default: SQLite in the data dir), e.g. postgresql+psycopg://...")
-@click.option("--cache-backend", type=click.Choice(["memory", "redis"]), default="memory", show_default=True,
-              envvar="TIER_RUNNER_CACHE_BACKEND")
-@click.option("--redis-url", default=None, envvar="TIER_RUNNER_REDIS_URL", help="for --cache-backend redis")
+@click.option("--cache-backend", type=click.Choice(["memory", "redis"]), default=None, envvar="TIER_RUNNER_CACHE_BACKEND",
+              help="default: redis with --redis-url, else memory")
+@click.option("--redis-url", default=None, envvar="TIER_RUNNER_REDIS_URL",
+              help="Redis shared by gateway replicas: keys' rate limits and spend caps, budgets, reload announcements, "
+                   "the cache")
 @click.option("--cache-embedder", type=click.Choice(["minilm", "llamacpp"]), default="minilm", show_default=True,
               envvar="TIER_RUNNER_CACHE_EMBEDDER")
 @click.option("--cache-embedder-model", default=None, envvar="TIER_RUNNER_CACHE_EMBEDDER_MODEL",
@@ -38,12 +40,15 @@ from tiers.settings import Settings
 @click.option("--default-max-tokens", type=click.IntRange(1, 32_768), default=512, show_default=True,
               envvar="TIER_RUNNER_DEFAULT_MAX_TOKENS",
               help="max_tokens for requests that set none and whose feature's request block sets none")
+@click.option("--reload-interval", type=click.FloatRange(0), default=1.0, show_default=True,
+              envvar="TIER_RUNNER_RELOAD_INTERVAL", help="seconds between checks of the routing and profile files; "
+                                                         "0: only POST /admin/reload (or its announcement) reloads")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]),
               envvar="TIER_RUNNER_LOG_LEVEL")
 def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
-          ledger_url: str | None, cache_backend: str, redis_url: str | None, cache_embedder: str,
+          ledger_url: str | None, cache_backend: str | None, redis_url: str | None, cache_embedder: str,
           cache_embedder_model: str | None, cache_max_entries: int, cache_max_bytes: int, keys: Path | None,
-          default_max_tokens: int, log_level: str) -> None:
+          default_max_tokens: int, reload_interval: float, log_level: str) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
@@ -53,7 +58,7 @@ def serve(host: str, port: int, profile: str, routing: Path | None, max_body_byt
               "data_dir": data_dir, "ledger_url": ledger_url, "cache_backend": cache_backend, "redis_url": redis_url,
               "cache_embedder": cache_embedder, "cache_embedder_model": cache_embedder_model,
               "cache_max_entries": cache_max_entries, "cache_max_bytes": cache_max_bytes, "keys": keys,
-              "default_max_tokens": default_max_tokens}
+              "default_max_tokens": default_max_tokens, "reload_interval_s": reload_interval}
     if routing is not None:
         fields["routing"] = routing
     settings = Settings(**fields)

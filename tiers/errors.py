@@ -59,3 +59,15 @@ class CacheUnavailable(TierRunnerError):
     status_code = 503
     error_type = "service_unavailable"
     code = "cache_unavailable"
+
+
+class LimitsUnavailable(TierRunnerError):
+    """A fail_closed key's limits live in Redis, which does not answer: refused until it does (never a 500)."""
+
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "limits_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from tiers.ledger.rows import LedgerRow
 
-LABELS = ("feature", "tier", "model")
+LABELS = ("feature", "tier", "model", "replica")  # replica: the pool member that answered, "" without a pool
 DIRECT_TIER = re.compile(r"tier:[123]")
 
 
@@ -42,29 +42,40 @@ class Metrics:
         self.errors = Counter("tier_errors", "Attempts that ended in an error", LABELS + ("error_type",), registry=r)
         self.budget_exceeded = Counter("tier_budget_exceeded", "Requests seen over their feature budget",
                                        ("feature", "action"), registry=r)
+        self._children: dict[tuple, object] = {}
 
     def watch_ledger(self, health: Callable[[], dict]) -> None:
         """The ledger's state and dead-letter count, read from `health()` at each scrape."""
         self.registry.register(_LedgerCollector(health))
 
     def observe(self, rows: list[LedgerRow]) -> None:
+        child = self._child
         for row in rows:
-            labels = (feature_label(row), str(row.serving_tier or ""), row.model or "")
-            self.attempts.labels(*labels).inc()
+            labels = (feature_label(row), str(row.serving_tier or ""), row.model or "", row.replica or "")
+            child(self.attempts, labels).inc()
             if row.final:
-                self.requests.labels(*labels).inc()
+                child(self.requests, labels).inc()
                 if row.escalated:
-                    self.escalations.labels(*labels).inc()
-            self.latency.labels(*labels).observe(row.latency_ms / 1000)
-            self.tokens.labels(*labels, "prompt").inc(row.prompt_tokens)
-            self.tokens.labels(*labels, "completion").inc(row.completion_tokens)
-            self.cost.labels(*labels).inc(row.cost_usd)
+                    child(self.escalations, labels).inc()
+            child(self.latency, labels).observe(row.latency_ms / 1000)
+            child(self.tokens, (*labels, "prompt")).inc(row.prompt_tokens)
+            child(self.tokens, (*labels, "completion")).inc(row.completion_tokens)
+            child(self.cost, labels).inc(row.cost_usd)
             if row.cache_hit:
-                self.cache_hits.labels(*labels).inc()
+                child(self.cache_hits, labels).inc()
             if row.gate_passed is False:
-                self.gate_failures.labels(*labels, row.gate or "").inc()
+                child(self.gate_failures, (*labels, row.gate or "")).inc()
             if row.error_type:
-                self.errors.labels(*labels, row.error_type).inc()
+                child(self.errors, (*labels, row.error_type)).inc()
+
+    def _child(self, metric, labels: tuple[str, ...]):
+        """A metric's child for a label set, looked up once: `labels()` locks and checks its arguments on every
+        call, eight times per request. Label sets are bounded (feature_label), so this map is too."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

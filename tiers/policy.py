@@ -41,6 +41,7 @@ class Attempt:
     usage: Usage | None = None
     latency_ms: float = 0.0
     tool_calls: int = 0
+    replica: str | None = None  # the pool member that answered, when the tier is a pool
 
     @property
     def summary(self) -> str:
@@ -83,7 +84,7 @@ async def answer(d: Dispatch, request: Request, runners: TierRunners) -> Outcome
         started = time.perf_counter()
         reply = await d.runner.complete(request)
         attempt = Attempt(d.runner.tier, d.runner.model_name, "primary", d.runner.kind, usage=reply.usage,
-                          latency_ms=_ms_since(started), tool_calls=reply.tool_call_count)
+                          latency_ms=_ms_since(started), tool_calls=reply.tool_call_count, replica=reply.replica)
         outcome = Outcome(answer=reply, runner=d.runner, attempts=[attempt])
     outcome.downgraded = d.downgraded
     return outcome
@@ -98,7 +99,7 @@ async def _answer_gated(d: Dispatch, request: Request, runners: TierRunners) -> 
         started = time.perf_counter()
         reply, verdict, usage = await _gated_call(runner, request, checks, seed_offset=len(outcome.attempts))
         outcome.attempts.append(Attempt(runner.tier, runner.model_name, role, runner.kind, verdict, usage,
-                                        _ms_since(started), reply.tool_call_count))
+                                        _ms_since(started), reply.tool_call_count, reply.replica))
         outcome.answer = reply
         if verdict.passed:
             return outcome
@@ -121,7 +122,7 @@ async def _answer_gated(d: Dispatch, request: Request, runners: TierRunners) -> 
     except TierUnavailable as exc:
         raise TierUnavailable(f"{why}: {exc.message}; the unverified answer is not returned") from None
     outcome.attempts.append(Attempt(stronger.tier, stronger.model_name, "escalation", stronger.kind, verdict, usage,
-                                    _ms_since(started), reply.tool_call_count))
+                                    _ms_since(started), reply.tool_call_count, reply.replica))
     outcome.answer, outcome.runner = reply, stronger
     return outcome
 

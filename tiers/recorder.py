@@ -1,5 +1,6 @@
 """Where a request's rows go: the ledger, the metrics and the spend counters, from one call; and, before any
-work, the spend limits a request must pass, reserved in the same counters until its rows settle them."""
+work, the spend limits a request must pass, reserved in the same counters until its rows settle them. With a
+shared state (`--redis-url`) the counters every replica admits against are in Redis (tiers/shared/spend.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import time
 from collections import OrderedDict
 
 from tiers.auth import ClientKey
-from tiers.budgets import Budgets, Reservation, SpendMeter
+from tiers.budgets import Budgets, SpendMeter
 from tiers.ledger.rows import LedgerRow
 from tiers.ledger.store import Ledger
 from tiers.metrics import Metrics
 from tiers.routing import Route
+from tiers.shared.spend import SharedSpend
+from tiers.shared.state import SharedState
 
 # Every admitted request leaves rows, which settle its reservation; one that somehow did not is dropped
 # after this long (longer than any answer may take), so a lost reservation cannot block a budget for good.
@@ -20,21 +23,25 @@ RESERVATION_TTL_S = 3600.0
 
 
 class Recorder:
-    def __init__(self, ledger: Ledger, metrics: Metrics):
+    def __init__(self, ledger: Ledger, metrics: Metrics, shared: SharedState | None = None):
         self.ledger = ledger
         self.metrics = metrics
         self.spend = SpendMeter(ledger)
+        self.shared = SharedSpend(shared, self.spend, RESERVATION_TTL_S) if shared is not None else None
         self.budgets = Budgets()
-        self._reserved: OrderedDict[str, tuple[float, Reservation]] = OrderedDict()  # request id -> (when, what)
+        self._reserved: OrderedDict[str, tuple[float, object]] = OrderedDict()  # request id -> (when, reservation)
         self._lock = threading.Lock()
         metrics.watch_ledger(ledger.health)
 
-    def admit(self, route: Route, key: ClientKey | None, request_id: str, reserve_usd: float) -> None:
+    async def admit(self, route: Route, key: ClientKey | None, request_id: str, reserve_usd: float) -> None:
         """The feature's budget and the key's spend cap, checked and charged `reserve_usd` in one step (see
         tiers/budgets.py); raises BudgetExceeded or RateLimited for a blocking limit that is reached. The
         reservation is settled when rows with this request id are recorded."""
         limits = self.budgets.limits(route) + (key.spend_limits() if key else [])
-        reservation, reached = self.spend.admit(limits, reserve_usd)
+        if self.shared is not None:
+            reservation, reached = await self.shared.admit(limits, reserve_usd, key, request_id)
+        else:
+            reservation, reached = self.spend.admit(limits, reserve_usd)
         for limit, spent in reached:
             if limit.column == "feature":
                 self.metrics.budget_exceeded.labels(route.feature, self.budgets.reached(route, spent)).inc()
@@ -46,7 +53,7 @@ class Recorder:
             self._reserved[request_id] = (now, reservation)
             while self._reserved and next(iter(self._reserved.values()))[0] < now - RESERVATION_TTL_S:
                 _, (_, lost) = self._reserved.popitem(last=False)
-                self.spend.settle([lost], [])
+                self._settle([lost], [])
 
     def record(self, rows: list[LedgerRow]) -> None:
         self.ledger.record(rows)
@@ -54,4 +61,7 @@ class Recorder:
         with self._lock:
             reservations = [self._reserved.pop(request_id)[1] for request_id in {row.request_id for row in rows}
                             if request_id in self._reserved]
-        self.spend.settle(reservations, rows)
+        self._settle(reservations, rows)
+
+    def _settle(self, reservations: list, rows: list[LedgerRow]) -> None:
+        (self.shared or self.spend).settle(reservations, rows)

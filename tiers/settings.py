@@ -23,8 +23,11 @@ class Settings(BaseModel):
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db; default SQLite in data_dir"
     )
-    cache_backend: Literal["memory", "redis"] = Field(default="memory", description="redis: shared by replicas")
-    redis_url: str | None = Field(default=None, description="redis://host:port/db for the shared cache")
+    cache_backend: Literal["memory", "redis"] | None = Field(
+        default=None, description="redis: shared by replicas; default redis when redis_url is given, else memory")
+    redis_url: str | None = Field(default=None, description=(
+        "redis://host:port/db shared by gateway replicas: client keys' rate limits and spend caps, feature budgets, "
+        "reload announcements and (by default) the semantic cache"))
     cache_embedder: str = Field(default="minilm", description="minilm or llamacpp")
     cache_embedder_model: str | None = Field(
         default=None, description="llamacpp embedder: a catalog GGUF; default the model Tier 3 serves at start")
@@ -36,14 +39,17 @@ class Settings(BaseModel):
         default=512, ge=1, le=32_768,
         description="max_tokens for requests that set none and whose feature sets none; no answer runs to the end "
                     "of the context by surprise")
-    reload_interval_s: float = Field(default=1.0, ge=0, description="how often to check the routing file; 0 = never")
+    reload_interval_s: float = Field(default=1.0, ge=0,
+                                     description="how often to check the routing and profile files; 0 = never")
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> Settings:
         if self.cache_backend == "redis" and not self.redis_url:
             raise ValueError("cache_backend redis needs redis_url (e.g. redis://127.0.0.1:6379/0)")
-        if self.cache_backend == "redis":
-            require_extra("redis", "redis", "--cache-backend redis")
+        if self.cache_backend is None:
+            self.cache_backend = "redis" if self.redis_url else "memory"
+        if self.cache_backend == "redis" or self.redis_url:
+            require_extra("redis", "redis", "--cache-backend redis" if self.cache_backend == "redis" else "--redis-url")
         if self.cache_embedder_model and self.cache_embedder != "llamacpp":
             raise ValueError("cache_embedder_model is for cache_embedder llamacpp; minilm ships its own model")
         return self

@@ -4,7 +4,8 @@ A swap (a promoted model, an edited placement) starts the new runner first and w
 ready (up to the runner's own `startup_timeout_s`) while the old one keeps serving; only then does
 the new one take the tier.
 The old runner is retired: it gets no new requests, finishes what it has (drains), then stops, and
-the supervisor never restarts it. Swaps are serialised by the caller (`LiveConfig`).
+the supervisor never restarts it. Swaps are serialised by the caller (`LiveConfig`). A pool
+(`replicas:`) is swapped whole: the new pool is ready once `min_ready` of its replicas are.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from hardware.errors import ConfigError
 from hardware.profile import Price, Profile, TierPlacement, load_profile
-from runners.base import Runner, build_runner
+from runners.base import Runner
+from runners.pool import build_tier_runner
 from runners.supervisor import Supervisor
 
 log = logging.getLogger("tier_runner.tiers")
@@ -24,7 +26,7 @@ log = logging.getLogger("tier_runner.tiers")
 class TierRunners:
     def __init__(self, profile_ref: str | Path, *, drain_timeout_s: float = 600.0):
         self.path, self.profile = load_profile(profile_ref)
-        runners = {tier: build_runner(tier, placement, str(self.path), self.profile.devices)
+        runners = {tier: build_tier_runner(tier, placement, str(self.path), self.profile.devices)
                    for tier, placement in self.profile.tiers.items()}
         self.supervisor = Supervisor(runners, str(self.path))
         self.drain_timeout_s = drain_timeout_s
@@ -66,7 +68,7 @@ class TierRunners:
         changed = [t for t in sorted(profile.tiers) if profile.tiers[t] != self._serving_placement(t)]
         swapped: list[int] = []
         for tier in changed:
-            fresh = build_runner(tier, profile.tiers[tier], str(self.path), profile.devices)
+            fresh = build_tier_runner(tier, profile.tiers[tier], str(self.path), profile.devices)
             old = await self.supervisor.replace(tier, fresh, fresh.startup_timeout_s)
             log.info("tier %s now serves %s (was %s)", tier, fresh.model_name, old.model_name if old else "none")
             swapped.append(tier)

@@ -66,8 +66,9 @@ async def feature_audit(request: Request, window_hours: float = 24 * 7) -> dict:
 
 @router.post("/admin/reload", dependencies=Admin)
 async def reload_configuration(request: Request) -> dict:
-    config = request.app.state.config
+    config, shared = request.app.state.config, request.app.state.shared
     table = await config.reload_routing()
     swapped = await config.reload_profile()
+    announced = await shared.announcer.announce() if shared else None  # the other replicas re-read their files
     return {"status": "reloaded", "routing": str(config.routing_path), "features": sorted(table.features),
-            "profile": str(config.runners.path), "tiers_swapped": swapped}
+            "profile": str(config.runners.path), "tiers_swapped": swapped, "announced_to": announced}

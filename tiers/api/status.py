@@ -37,7 +37,7 @@ async def health() -> dict:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
-    is_ready, body = readiness(state.config, state.ledger, state.cache)
+    is_ready, body = readiness(state.config, state.ledger, state.cache, state.shared)
     return JSONResponse(body, status_code=200 if is_ready else 503)
 
 

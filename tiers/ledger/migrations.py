@@ -85,6 +85,11 @@ def _m003(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX ix_attempts_shadow_of ON attempts (shadow_of)"))
 
 
+@migration(4, "replica: the member of a tier's pool that answered")
+def _m004(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE attempts ADD COLUMN replica VARCHAR(32)"))
+
+
 def migrate(conn: Connection, upto: int | None = None) -> list[int]:
     """Apply every migration not yet recorded (up to `upto`, for tests of older versions), in order;
     returns the numbers applied now."""

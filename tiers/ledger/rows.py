@@ -15,7 +15,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ValidationInfo, field_validator
+from pydantic import BaseModel, model_validator
 
 from hardware.errors import TierRunnerError
 from tiers.ledger import schema
@@ -56,6 +56,7 @@ class LedgerRow(BaseModel):
     declared_tier: int | None = None
     serving_tier: int | None = None
     runner: str | None = None
+    replica: str | None = None  # the pool member that answered (a tier with `replicas:`)
     model: str | None = None
     client_key_id: str | None = None
     prompt_tokens: int = 0
@@ -80,19 +81,36 @@ class LedgerRow(BaseModel):
     shadow_of: str | None = None  # a shadow row: the feature whose answer was re-asked (its `feature` stays empty)
     shadow_agreed: bool | None = None  # the two answers agreed; None when the shadow gave nothing to compare
 
-    @field_validator("*", mode="after")
-    @classmethod
-    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
-        length, nullable = COLUMNS[info.field_name]
-        if isinstance(value, str):
-            return _clean_text(value, length)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int):
-            return min(max(value, INT32[0]), INT32[1])
-        if isinstance(value, float) and not math.isfinite(value):
-            return None if nullable else 0.0
-        return value
+    @model_validator(mode="after")
+    def _bounded(self) -> LedgerRow:
+        """One pass over the typed fields (a row is made per attempt on the request path, so this stays cheap):
+        short ASCII text, 32-bit integers and finite floats, the usual case, are left as they are."""
+        values = self.__dict__
+        for name, length in _TEXT:
+            value = values[name]
+            if value is not None and not (value.isascii() and (length is None or len(value) <= length)
+                                          and "\x00" not in value):
+                values[name] = _clean_text(value, length)
+        for name in _INTEGERS:
+            value = values[name]
+            if value is not None and not INT32[0] <= value <= INT32[1]:
+                values[name] = min(max(value, INT32[0]), INT32[1])
+        for name, nullable in _FLOATS:
+            value = values[name]
+            if value is not None and not math.isfinite(value):
+                values[name] = None if nullable else 0.0
+        return self
+
+
+def _fields_of(kind: type) -> list[str]:
+    return [name for name, f in LedgerRow.model_fields.items() if f.annotation in (kind, kind | None)]
+
+
+_TEXT = [(name, COLUMNS[name][0]) for name in _fields_of(str)]
+_INTEGERS = _fields_of(int)
+_FLOATS = [(name, COLUMNS[name][1]) for name in _fields_of(float)]
+assert len(_TEXT) + len(_INTEGERS) + len(_FLOATS) + len(_fields_of(bool)) + 1 == len(LedgerRow.model_fields), \
+    "a ledger field whose type _bounded does not know"  # + 1: api, a Literal
 
 
 def new_attempt_id() -> str:

@@ -26,6 +26,7 @@ attempts = Table(
     Column("declared_tier", Integer),
     Column("serving_tier", Integer),
     Column("runner", String(32)),
+    Column("replica", String(32)),
     Column("model", String(200)),
     Column("client_key_id", String(64)),
     Column("prompt_tokens", Integer, nullable=False),

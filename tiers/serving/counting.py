@@ -30,7 +30,7 @@ class TokenCount:
 
 async def count_tokens(service, call: Call, request: Request) -> TokenCount:
     d = dispatch.dispatch(service.config.routing, service.runners, call.model, call.header_feature)
-    service.access.admit(call.client_key, d.route)
+    await service.access.admit(call.client_key, d.route)
     counted = await d.runner.count_tokens(request)
     if counted is not None:
         return TokenCount(counted, True, d.runner.tier, d.runner.model_name)

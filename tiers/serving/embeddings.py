@@ -45,9 +45,9 @@ class EmbeddingService:
             route = resolve_route(routing, call.model, call.header_feature)
             summary.fields["feature"] = route.label
             model = self.models.get(route.tier)
-            self.access.admit(call.client_key, route)
+            await self.access.admit(call.client_key, route)
             most = sum(len(item) for item in batch)  # a token is at least one character: an upper bound
-            self.recorder.admit(route, call.client_key, call.request_id, model.placement.price.cost_usd(most, 0))
+            await self.recorder.admit(route, call.client_key, call.request_id, model.placement.price.cost_usd(most, 0))
             vectors, tokens = await model.embed(batch, dimensions)
         except TierRunnerError as exc:
             row = records.failure_row(call, routing, summary.fields.get("feature"), exc,

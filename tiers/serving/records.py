@@ -65,6 +65,7 @@ def attempt_rows(call: Call, request: Request, d: Dispatch, outcome: Outcome, ru
             "latency_ms": attempt.latency_ms, "cost_usd": price.cost_usd(usage.prompt_tokens, usage.completion_tokens),
             "escalated": attempt.role == "escalation", "downgraded": outcome.downgraded and last,
             "error_type": error_type if last else None, "api": call.api, "tool_calls": attempt.tool_calls,
+            "replica": attempt.replica,
             "feature_spec": spec.spec_hash if spec is not None else None,
         }
         if attempt.verdict is not None:
@@ -114,6 +115,8 @@ def headers_for(d: Dispatch, runner: Runner, outcome: Outcome | None) -> dict[st
     }
     if outcome is not None:
         headers["x-attempts"] = ",".join(a.summary for a in outcome.attempts)
+        if outcome.attempts[-1].replica:
+            headers["x-replica"] = outcome.attempts[-1].replica
         if outcome.verdict is not None:
             headers["x-gate"] = outcome.verdict.header
     return headers

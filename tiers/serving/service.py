@@ -81,8 +81,8 @@ class Service:
             summary.fields["feature"] = d.route.label
             request, overridden = request_defaults.apply(d.route.spec and d.route.spec.request, request,
                                                          self.default_max_tokens)
-            self.access.admit(call.client_key, d.route)
-            self.recorder.admit(d.route, call.client_key, call.request_id, reservation_usd(
+            await self.access.admit(call.client_key, d.route)
+            await self.recorder.admit(d.route, call.client_key, call.request_id, reservation_usd(
                 self.runners.price(d.runner.tier), counting.estimate(request), request.max_tokens, request.n))
             policy = self._cache_policy(d, request)
             cache_state = "off" if policy is None else "miss"
@@ -170,6 +170,8 @@ class Service:
         summary.fields.update(tier=d.runner.tier, model=d.runner.model_name)
         deltas = RecordedStream(self, call, request, d, first, upstream, started, ttft_ms, summary, policy)
         headers = records.headers_for(d, d.runner, None)
+        if first.replica:
+            headers["x-replica"] = first.replica
         return Reply(headers, d.runner.model_name, deltas=deltas, summary=summary)
 
     def _record_failure(self, call: Call, summary: Summary, exc: TierRunnerError, started: float) -> None:

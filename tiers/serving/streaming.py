@@ -83,7 +83,8 @@ class RecordedStream:
         usage = whole.usage
         answer = whole.answer()
         attempt = Attempt(runner.tier, runner.model_name, "primary", runner.kind, usage=usage,
-                          latency_ms=(time.perf_counter() - self.started) * 1000, tool_calls=answer.tool_call_count)
+                          latency_ms=(time.perf_counter() - self.started) * 1000, tool_calls=answer.tool_call_count,
+                          replica=whole.replica)
         outcome = Outcome(answer=None, runner=runner, attempts=[attempt], downgraded=d.downgraded)
         error = self._error
         error_type = None if self._finished else (error.code or error.error_type) if error else "client_disconnected"

@@ -1,0 +1,1 @@
+"""State that gateway replicas share through one Redis: rate limits, spend caps and budgets, reload announcements."""
