@@ -11,7 +11,6 @@ the feature's declared fallback instead of waiting on a broken upstream.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -19,7 +18,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
+import orjson
 from pydantic import ValidationError
 
 from hardware.errors import ConfigError
@@ -29,6 +29,7 @@ from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners.answer import Answer, Delta
 from runners.base import Runner, RunnerStatus, register_runner
 from runners.capabilities import Capabilities
+from runners import http_pool
 from runners.hosted_wire import AnthropicWire, HostedOptions, OpenAIWire
 from runners.openai_http import error_message
 from runners.request import Request
@@ -87,15 +88,14 @@ class HostedRunner(Runner):
                 self.lifecycle.to("not_configured", f"environment variable {opts.api_key_env} is not set: export "
                                                     f"{opts.api_key_env}=<your key> and restart the gateway")
                 return
-        timeout = httpx.Timeout(opts.read_timeout_s, connect=opts.connect_timeout_s)
-        limits = httpx.Limits(max_connections=opts.max_connections)
-        self._client = httpx.AsyncClient(base_url=self.base_url.rstrip("/"), headers=self.wire.headers(self._key),
-                                         timeout=timeout, limits=limits)
+        self._url = self.base_url.rstrip("/") + self.wire.path
+        self._session = http_pool.session(self.wire.headers(self._key), connect_timeout_s=opts.connect_timeout_s,
+                                          read_timeout_s=opts.read_timeout_s, max_connections=opts.max_connections)
         self.lifecycle.to("ready", detail)
 
     async def stop(self) -> None:
-        if hasattr(self, "_client"):
-            await self._client.aclose()
+        if hasattr(self, "_session"):
+            await self._session.close()
         self.lifecycle.to("stopped")
 
     def status(self) -> RunnerStatus:
@@ -132,7 +132,7 @@ class HostedRunner(Runner):
                     raise self._cut("the stream ended before its last event") from None
                 except TimeoutError:
                     raise self._cut(f"the stream ran past total_timeout_s={self.options.total_timeout_s}") from None
-                except httpx.HTTPError as exc:
+                except http_pool.TRANSPORT_ERRORS as exc:
                     raise self._cut(f"the connection broke mid-stream ({exc.__class__.__name__})") from None
                 try:
                     chunks = self._translate(translator, line)
@@ -142,7 +142,7 @@ class HostedRunner(Runner):
                 for chunk in chunks:
                     yield chunk
         finally:
-            await response.aclose()
+            response.close()  # a stream left before its end must not go back to the pool half read
 
     def _cut(self, why: str) -> RunnerFailed:
         self.breaker.record_failure(why)
@@ -197,43 +197,44 @@ class HostedRunner(Runner):
         first_byte = min(deadline, loop.time() + opts.first_byte_timeout_s)
         try:
             async with asyncio.timeout_at(first_byte):
-                response = await self._client.send(self._client.build_request("POST", self.wire.path, json=body),
-                                                   stream=True)
+                response = await self._session.post(self._url, data=http_pool.dumps(body),
+                                                    headers=http_pool.JSON_HEADERS)
+        except http_pool.TRANSPORT_ERRORS as exc:  # before TimeoutError: a socket timeout is both
+            raise _Retryable(f"unreachable ({exc.__class__.__name__})") from None
         except TimeoutError:
             raise _Retryable(f"no response within first_byte_timeout_s={opts.first_byte_timeout_s}") from None
-        except httpx.HTTPError as exc:
-            raise _Retryable(f"unreachable ({exc.__class__.__name__})") from None
         try:
-            if response.status_code >= 400:
+            if response.status >= 400:
                 await self._raise_for_status(response)
             if translator is None:
                 async with asyncio.timeout_at(deadline):
-                    data = await response.aread()
+                    data = await response.read()
+                response.release()
                 try:
-                    return self.wire.completion(json.loads(data))
+                    return self.wire.completion(orjson.loads(data))
                 except (ValueError, ValidationError) as exc:
                     raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
-            lines = response.aiter_lines()
+            lines = http_pool.lines(response)
             first: list[Delta] = []
             async with asyncio.timeout_at(first_byte):
                 while not first and not translator.done:
                     first = self._translate(translator, await anext(lines))
             return response, lines, first, deadline
+        except (*http_pool.TRANSPORT_ERRORS, StopAsyncIteration) as exc:  # before TimeoutError, as above
+            response.close()
+            raise _Retryable(f"the connection broke before the first event ({exc.__class__.__name__})") from None
         except TimeoutError:
-            await response.aclose()
+            response.close()
             what = "the whole answer" if translator is None else "the first stream event"
             raise _Retryable(f"no {what} in time (first_byte_timeout_s={opts.first_byte_timeout_s}, "
                              f"total_timeout_s={opts.total_timeout_s})") from None
-        except (httpx.HTTPError, StopAsyncIteration) as exc:
-            await response.aclose()
-            raise _Retryable(f"the connection broke before the first event ({exc.__class__.__name__})") from None
         except BaseException:
-            await response.aclose()
+            response.close()
             raise
 
-    async def _raise_for_status(self, response: httpx.Response) -> None:
-        status = response.status_code
-        message = self._redact(error_message((await response.aread()).decode("utf-8", "replace")))
+    async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+        status = response.status
+        message = self._redact(error_message((await response.read()).decode("utf-8", "replace")))
         if status in RETRYABLE or status >= 500:
             headers = response.headers
             wait = retry_after_s(headers.get("retry-after"))

@@ -3,21 +3,24 @@
 The JSON itself is `runners/wire/openai_chat.py`'s; this module adds the transport:
 - `OpenAIStream`: SSE lines in, internal deltas out, `[DONE]` and mid-stream error events included.
 - `error_message`: the message of an error body, whichever shape the server uses.
-- `OpenAIEndpoint`: one pooled httpx client per endpoint (vLLM's; hosted APIs add retries of their own).
+- `OpenAIEndpoint`: one pooled HTTP session per endpoint (runners/http_pool.py); hosted APIs add retries of their own.
   Transport failures and error statuses become the product's named exceptions; the message names the
   tier and the fix, and never contains a key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 from pydantic import ValidationError
 
+from runners import http_pool
 from runners.answer import Answer, Delta
 from runners.errors import InvalidRequest, RunnerFailed, TierUnavailable
 from runners.wire import openai_chat, openai_chat_protocol as wire, openai_completions
@@ -87,41 +90,62 @@ class OpenAIStream:
 
 
 class OpenAIEndpoint:
-    """A pooled client for one OpenAI-compatible API root (ending in /v1)."""
+    """A pooled client for one OpenAI-compatible API root (ending in /v1); its session is made on first use."""
 
     def __init__(self, base_url: str, *, where: str, unreachable_hint: str, headers: dict[str, str] | None = None,
                  connect_timeout_s: float = 5.0, read_timeout_s: float = 60.0, max_connections: int = 32):
         self.where = where  # e.g. "tier 2 (smollm2-135m-instruct-bf16 on vLLM)"
         self.unreachable_hint = unreachable_hint
-        self.client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers or {},
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections),
-        )
+        self.base_url = base_url.rstrip("/")
+        self._options = {"connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
+                         "max_connections": max_connections}
+        self._headers = headers or {}
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = http_pool.session(self._headers, **self._options)
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
-    def unreachable(self, exc: httpx.HTTPError) -> TierUnavailable:
+    def unreachable(self, exc: Exception) -> TierUnavailable:
         return TierUnavailable(f"{self.where} is unreachable ({exc.__class__.__name__}); {self.unreachable_hint}")
 
-    async def raise_for_status(self, response: httpx.Response) -> None:
-        if response.status_code < 400:
+    async def healthy(self, url: str, timeout_s: float = 5.0) -> bool:
+        """GET `url` answers 200 within `timeout_s`."""
+        try:
+            async with asyncio.timeout(timeout_s), self.session.get(url) as response:
+                return response.status == 200
+        except (*http_pool.TRANSPORT_ERRORS, TimeoutError):
+            return False
+
+    async def raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+        if response.status < 400:
             return
-        message = error_message((await response.aread()).decode("utf-8", "replace"))
-        if response.status_code in (400, 404, 422):
+        message = error_message((await response.read()).decode("utf-8", "replace"))
+        if response.status in (400, 404, 422):
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
-        raise RunnerFailed(f"{self.where} answered HTTP {response.status_code}: {message}")
+        raise RunnerFailed(f"{self.where} answered HTTP {response.status}: {message}")
+
+    def _post(self, path: str, payload: dict):
+        """`path` under the API root, or a whole URL (vLLM's /tokenize lives beside /v1, not under it)."""
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        return self.session.post(url, data=http_pool.dumps(payload), headers=http_pool.JSON_HEADERS)
 
     async def post(self, path: str, payload: dict, parse: Callable[[Any], Any], what: str) -> Any:
         """POST JSON, then `parse` the answer's JSON; errors named for this endpoint."""
         try:
-            response = await self.client.post(path, json=payload)
-        except httpx.HTTPError as exc:
+            async with self._post(path, payload) as response:
+                await self.raise_for_status(response)
+                data = await response.read()
+        except http_pool.TRANSPORT_ERRORS as exc:
             raise self.unreachable(exc) from None
-        await self.raise_for_status(response)
         try:
-            return parse(response.json())
+            return parse(orjson.loads(data))
         except (ValueError, ValidationError) as exc:
             raise RunnerFailed(f"{self.where} answered something that is not {what}: {exc}") from None
 
@@ -132,9 +156,9 @@ class OpenAIEndpoint:
         """Deltas until `[DONE]`; a stream that ends before it is an error, never a silently short answer."""
         parser = OpenAIStream(api)
         try:
-            async with self.client.stream("POST", api.path, json=payload) as response:
+            async with self._post(api.path, payload) as response:
                 await self.raise_for_status(response)
-                async for line in response.aiter_lines():
+                async for line in http_pool.lines(response):
                     try:
                         chunks = parser.feed_line(line)
                     except RunnerFailed as exc:
@@ -143,6 +167,6 @@ class OpenAIEndpoint:
                         yield chunk
                     if parser.done:
                         return
-        except httpx.HTTPError as exc:
+        except http_pool.TRANSPORT_ERRORS as exc:
             raise self.unreachable(exc) from None
         raise RunnerFailed(f"{self.where} ended the stream without [DONE]; the answer may be incomplete, retry the request")

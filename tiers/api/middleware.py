@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 
+import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tiers.api.errors import ApiError, error_json
@@ -56,7 +56,7 @@ class RequestContextMiddleware:
             line = {"event": "request", "request_id": request_id, "method": scope["method"], "path": scope["path"],
                     "status": status, "ms": round((time.perf_counter() - started) * 1000, 2)}
             line.update({k: state[k] for k in LOGGED_FIELDS if state.get(k) is not None})
-            access_log.info(json.dumps(line))
+            access_log.info(orjson.dumps(line).decode())
 
 
 class BodyLimitMiddleware:
