@@ -79,3 +79,15 @@ def test_an_eval_without_its_extra_stops_before_any_example_runs(missing, args, 
     result = tier_runner_without(missing, "eval", "--url", dead, "--store", str(tmp_path / "evals.db"), *args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert f"pip install 'value-tier-runner[{extra}]'" in result.stderr and "cannot reach" not in result.stderr
+
+
+def test_a_memory_cache_that_may_grow_past_the_hnsw_switch_without_faiss_stops_serve_at_start(tmp_path):
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("features:\n  faq: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0,\n"
+                       "        cache: {max_entries: 50000}}\n  small: {tier: 3, value: internal, owner: ops, "
+                       "failure_cost_usd: 0, cache: {}}\n")
+    result = tier_runner_without("faiss", "serve", "--profile", "cpu-tier3", "--port", str(free_port()),
+                                 "--data-dir", str(tmp_path / "data"), "--routing", str(routing))
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "feature 'faq'" in result.stderr and "pip install 'value-tier-runner[faiss]'" in result.stderr
+    assert "'small'" not in result.stderr and "serving on" not in result.stderr

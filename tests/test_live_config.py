@@ -4,7 +4,10 @@ anything a reload throws, partial multi-tier swaps, and retired runners that dra
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -12,6 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from runners.answer import Answer, Choice
 from runners.base import Runner, register_runner
 from runners.request import Request
+from tiers.cache.semantic import SemanticCache
+from tiers.cache.store import Limits
 from tiers.live_config import LiveConfig, ReloadRejected
 from tiers.tier_runners import TierRunners
 
@@ -136,3 +141,34 @@ async def test_a_retired_runner_drains_its_requests_then_stops(files):
         assert time.monotonic() < deadline, "the drained runner was not stopped"
         await asyncio.sleep(0.05)
     await config.runners.stop()
+
+
+@contextmanager
+def without_module(name: str):
+    """`name` cannot be imported meanwhile, as in an environment without it (the finder of tests/test_extras.py)."""
+    class Missing(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname.split(".")[0] == name:
+                raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == name or k.startswith(name + ".")}
+    finder = Missing()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
+        sys.modules.update(saved)
+
+
+async def test_a_routing_table_the_server_cannot_serve_is_rejected_on_reload_and_the_old_one_serves(files):
+    cache = SemanticCache(limits=Limits(max_entries=100_000), ann_min=10)  # HNSW from 10 entries on
+    config = LiveConfig(files / "routing.yaml", TierRunners(files / "profile.yaml"), 0.0, check=cache.check_table)
+    big = ROUTING + "  faq: {tier: 3, value: internal, owner: ops, failure_cost_usd: 0, cache: {max_entries: 50}}\n"
+    (files / "routing.yaml").write_text(big)
+    with without_module("faiss"), pytest.raises(ReloadRejected) as rejected:
+        await config.reload_routing()
+    assert "feature 'faq'" in rejected.value.message and "value-tier-runner[faiss]" in rejected.value.message
+    assert sorted(config.routing.features) == ["f"]
+    await config.reload_routing()  # with faiss there, the same file is taken
+    assert sorted(config.routing.features) == ["f", "faq"]

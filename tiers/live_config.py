@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from hardware.errors import ConfigError
@@ -25,9 +26,13 @@ class ReloadRejected(InvalidRequest):
 
 
 class LiveConfig:
-    def __init__(self, routing_path: Path, runners: TierRunners, interval_s: float = 1.0):
+    def __init__(self, routing_path: Path, runners: TierRunners, interval_s: float = 1.0,
+                 check: Callable[[RoutingTable], None] | None = None):
+        """`check` raises ConfigError for a table this server cannot serve (a cache that needs a missing extra)."""
         self.routing_path = Path(routing_path)
+        self.check = check or (lambda table: None)
         self.routing: RoutingTable = load_routing(self.routing_path)
+        self.check(self.routing)
         self.runners = runners
         self.interval_s = interval_s
         self._stamps = {"routing": file_stamp(self.routing_path), "profile": file_stamp(runners.path)}
@@ -49,6 +54,7 @@ class LiveConfig:
             self._stamps["routing"] = file_stamp(self.routing_path)
             try:
                 table = await asyncio.to_thread(load_routing, self.routing_path)
+                self.check(table)
             except ConfigError as exc:
                 log.error("routing reload rejected, the previous table keeps serving: %s", exc.message)
                 raise ReloadRejected(f"reload rejected, the previous table keeps serving: {exc.message}") from None

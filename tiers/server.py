@@ -22,16 +22,18 @@ from tiers.cache.embedders import llamacpp_model
 from tiers.cache.health import CacheCollector
 from tiers.cache.semantic import SemanticCache
 from tiers.cache.store import Limits
-from tiers.estimates_metrics import EstimatesCollector
 from tiers.embedding_models import EmbeddingModels
+from tiers.estimates_metrics import EstimatesCollector
 from tiers.ledger.store import Ledger
 from tiers.live_config import LiveConfig
 from tiers.metrics import Metrics
+from tiers.pool_metrics import ReplicaCollector
 from tiers.recorder import Recorder
 from tiers.serving.embeddings import EmbeddingService
 from tiers.serving.service import Service
 from tiers.settings import Settings
 from tiers.shadow import ShadowScorer
+from tiers.shared.wiring import SharedWiring
 from tiers.tier_runners import TierRunners
 
 ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.router, openai_responses.router,
@@ -39,19 +41,22 @@ ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.rou
 
 
 def create_app(settings: Settings) -> FastAPI:
-    config = LiveConfig(settings.routing, TierRunners(settings.profile), settings.reload_interval_s)
-    ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
-    metrics = Metrics()
-    embedder_model = (llamacpp_model(settings.cache_embedder_model, config.runners.get(3))
+    runners = TierRunners(settings.profile)
+    embedder_model = (llamacpp_model(settings.cache_embedder_model, runners.get(3))
                       if settings.cache_embedder == "llamacpp" else None)
     cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url,
                           limits=Limits(settings.cache_max_entries, settings.cache_max_bytes),
                           embedder_model=embedder_model)
+    config = LiveConfig(settings.routing, runners, settings.reload_interval_s, check=cache.check_table)
+    ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
+    metrics = Metrics()
     metrics.registry.register(CacheCollector(cache.health))
-    recorder = Recorder(ledger, metrics)
+    metrics.registry.register(ReplicaCollector(lambda: config.runners))
+    shared = SharedWiring.build(settings.redis_url, config, metrics.registry)  # None without --redis-url
+    recorder = Recorder(ledger, metrics, shared and shared.state)
     shadow = ShadowScorer(lambda: config.runners, ledger, metrics.registry)
     metrics.registry.register(EstimatesCollector(ledger, lambda: config.routing))
-    access = Access.from_file(settings.keys)
+    access = Access.from_file(settings.keys, shared and shared.limiter)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -60,11 +65,15 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await config.runners.start()
             config.start_watching()
+            if shared:
+                shared.start()
             if any(f.cache and f.cache.enabled for f in config.routing.features.values()):
                 await asyncio.to_thread(cache.warm)
             yield
         finally:
             sweeper.cancel()
+            if shared:
+                await shared.stop()
             await shadow.stop()
             await config.stop_watching()
             await config.runners.stop()
@@ -73,7 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="value-tier-runner", version="0.1.0", lifespan=lifespan)
     state = app.state
     state.settings, state.config, state.ledger, state.metrics = settings, config, ledger, metrics
-    state.cache, state.access = cache, access
+    state.cache, state.access, state.shared = cache, access, shared
     state.service = Service(config, recorder, access, cache, settings.max_messages, settings.default_max_tokens,
                             shadow)
     state.embeddings = EmbeddingService(config, recorder, access, EmbeddingModels(config.runners.profile,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hardware.extras import require_extra
+
 from runners.answer import Answer, new_id
 from runners.request import Request
 from tiers.cache.embedders import Embedder, load_embedder
@@ -67,6 +69,8 @@ class SemanticCache:
         self._embedder: Embedder | None = None
         self.health = CacheHealth(backend)
         self.sweep_interval_s = sweep_interval_s
+        self.limits, self.ann_min = limits, ann_min
+        self.backend = backend
         if backend == "redis":
             from tiers.cache.redis_store import RedisCache
 
@@ -83,6 +87,17 @@ class SemanticCache:
 
     def _embed(self, text: str):
         return self.embedder.embed([text])[0]
+
+    def check_table(self, table) -> None:
+        """A memory cache switches a namespace to faiss HNSW at `ann_min` entries: a routing table whose cached
+        feature may grow that far needs the faiss extra, said now (at start or reload), not at the 20,000th answer."""
+        if self.backend != "memory" or self.limits.max_entries < self.ann_min:
+            return
+        for name, spec in sorted(table.features.items()):
+            if spec.cache and spec.cache.enabled and spec.cache.max_entries >= self.ann_min:
+                require_extra("faiss", "faiss", f"feature {name!r}'s cache (max_entries {spec.cache.max_entries}, "
+                                                f"past the {self.ann_min:,} entries where the memory cache searches "
+                                                f"with HNSW)")
 
     def warm(self) -> None:
         """Load the embedder at start, not on the first request."""
