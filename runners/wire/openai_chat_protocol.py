@@ -10,7 +10,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_serializer, model_validator
 
+from runners.answer import TokenLogprob, TopLogprob  # noqa: F401  (the wire's logprobs are the internal ones)
 from runners.request import MAX_N, check_schema_size
+from runners.wire.openai_common import StopSequences
 
 
 class _Strict(BaseModel):
@@ -149,7 +151,7 @@ class ChatCompletionRequest(_Strict):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
+    stop: StopSequences | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -172,25 +174,8 @@ class ChatCompletionRequest(_Strict):
     guided_choice: list[str] | None = Field(default=None, min_length=1, description="vLLM only: output is one of these")
     guided_regex: str | None = Field(default=None, min_length=1, description="vLLM only: output matches this regex")
 
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
 
 # -- answers ----------------------------------------------------------------------------------------
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class TokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
 class ChoiceLogprobs(BaseModel):
     content: list[TokenLogprob] | None = None
     refusal: list[TokenLogprob] | None = None

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from runners.request import MAX_N
 from runners.wire.openai_chat_protocol import StreamOptions, Usage
+from runners.wire.openai_common import OmitsAbsentUsage, StopSequences
 
 
 class CompletionRequest(BaseModel):
@@ -24,7 +25,7 @@ class CompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: StopSequences | None = None
     n: int = Field(default=1, ge=1, le=MAX_N)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -36,12 +37,6 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[str, float] | None = Field(default=None, max_length=0, description="only empty")
     user: str | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _at_most_four_stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
 
 
 class Logprobs(BaseModel):
@@ -61,7 +56,7 @@ class CompletionChoice(BaseModel):
     finish_reason: FinishReason | None = None
 
 
-class Completion(BaseModel):
+class Completion(OmitsAbsentUsage):
     """A whole answer, and (with `finish_reason` null until the last one) each chunk of a stream."""
 
     id: str
@@ -70,14 +65,6 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_usage(self, handler) -> dict[str, Any]:
-        """A chunk without usage has no `usage` key (OpenAI's document does not allow null there)."""
-        data = handler(self)
-        if self.usage is None:
-            data.pop("usage", None)
-        return data
 
 
 def token_array(prompt: Any) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from runners.request import check_schema_size
+from runners.wire.openai_chat_protocol import FunctionSpec
+from runners.wire.openai_common import OmitsAbsentUsage
 
 
 class _Strict(BaseModel):
@@ -76,17 +78,10 @@ class FunctionCallOutputItem(_Strict):
 InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
 
 
-class FunctionTool(_Strict):
-    type: Literal["function"]
-    name: str = Field(min_length=1, max_length=64)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+class FunctionTool(FunctionSpec):
+    """Responses' function tool: chat's function fields, flat beside `type`."""
 
-    @field_validator("parameters")
-    @classmethod
-    def _bounded(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if schema is None else check_schema_size(schema)
+    type: Literal["function"]
 
 
 class NamedFunctionChoice(_Strict):
@@ -184,7 +179,7 @@ class IncompleteDetails(BaseModel):
     reason: Literal["max_output_tokens", "content_filter"]
 
 
-class Response(BaseModel):
+class Response(OmitsAbsentUsage):
     id: str
     object: Literal["response"] = "response"
     created_at: int
@@ -206,11 +201,3 @@ class Response(BaseModel):
     store: bool = False
     previous_response_id: None = None
     usage: ResponseUsage | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_usage(self, handler) -> dict[str, Any]:
-        """A response still in progress has no `usage` key (OpenAI's document does not allow null there)."""
-        data = handler(self)
-        if self.usage is None:
-            data.pop("usage", None)
-        return data
