@@ -78,10 +78,17 @@ class FunctionCallOutputItem(_Strict):
 InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem
 
 
-class FunctionTool(FunctionSpec):
-    """Responses' function tool: chat's function fields, flat beside `type`."""
+class FunctionTool(_Strict):
+    """Responses' function tool: chat's FunctionSpec fields, flat after `type` (checked first, so a built-in
+    tool's error names its type)."""
 
     type: Literal["function"]
+    name: str = FunctionSpec.model_fields["name"]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    _bounded = field_validator("parameters")(FunctionSpec._bounded.__func__)
 
 
 class NamedFunctionChoice(_Strict):
