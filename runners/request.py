@@ -85,10 +85,13 @@ class Message(_Strict):
         return [(i, part) for i, part in enumerate(self.content) if not isinstance(part, TextPart)]
 
 
+TOOL_NAME = r"^[a-zA-Z0-9_.-]{1,64}$"  # what every wire API's tool name is checked against at the edge
+
+
 class Tool(_Strict):
     """A function the model may call; `parameters` is its arguments' JSON Schema."""
 
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    name: str = Field(pattern=TOOL_NAME)
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
     strict: bool | None = None

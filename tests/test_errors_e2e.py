@@ -33,6 +33,7 @@ def assert_still_serving(server) -> None:
         ({**GOOD, "max_tokens": 0}, 400, "max_tokens"),
         ({**GOOD, "n": 9}, 400, "n"),
         ({**GOOD, "tools": [{"type": "function"}]}, 400, "tools.0.function"),
+        ({**GOOD, "tools": [{"type": "function", "function": {"name": '"('}}]}, 400, "tools.0.function.name"),
         ({**GOOD, "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages.0.role"),
         ({**GOOD, "response_format": {"type": "json_schema"}}, 400, "response_format"),
         ({**GOOD, "max_tokens": 5000}, 400, "messages"),

@@ -113,6 +113,7 @@ GOOD = {"model": "tier:3", "input": ASK, "max_output_tokens": 4}
     ({**GOOD, "store": True}, 400, "store", "stateless"),
     ({**GOOD, "conversation": "conv_1"}, 400, "conversation", "stateless"),
     ({**GOOD, "tools": [{"type": "web_search"}]}, 400, "tools.0.type", "function"),
+    ({**GOOD, "tools": [{"type": "function", "name": '"('}]}, 400, "tools.0.name", "pattern"),
     ({**GOOD, "reasoning": {"effort": "low"}}, 400, "reasoning", "unrecognized"),
     ({**GOOD, "include": ["reasoning.encrypted_content"]}, 400, "include", ""),
     ({**GOOD, "input": [{"type": "reasoning", "summary": []}]}, 400, None, ""),

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_serializer, model_validator
 
 from runners.answer import TokenLogprob, TopLogprob  # noqa: F401  (the wire's logprobs are the internal ones)
-from runners.request import MAX_N, check_schema_size
+from runners.request import MAX_N, TOOL_NAME, check_schema_size
 from runners.wire.openai_common import StopSequences
 
 
@@ -112,7 +112,7 @@ class ResponseFormat(_Strict):
 
 
 class FunctionSpec(_Strict):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(pattern=TOOL_NAME, description="letters, digits, _ . - (at most 64)")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
