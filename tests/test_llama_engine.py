@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import subprocess
 import sys
 import textwrap
@@ -336,3 +337,43 @@ def test_bad_lazy_grammar_settings_are_refused_before_llama_cpp_sees_them(params
     with pytest.raises(InvalidRequest) as raised:
         asyncio.run(anext(engine.generate([1, 2], params)))
     assert raised.value.param == param
+
+
+WEATHER_CALL = r'''root ::= "```json\n" ws "{" ws "\"name\"" ws ":" ws "\"get_weather\"" ws "," ws "\"arguments\"" ws ":" ws "{" ws "\"city\"" ws ":" ws string ws "}" ws "}" ws "```"
+string ::= "\"" [^"\\\x00-\x1f]* "\""
+ws ::= [ \t\n]{0,20}'''
+
+
+async def test_a_lazy_tool_call_grammar_on_qwen_constrains_the_call_and_leaves_text_alone():
+    """Qwen2.5-Coder-0.5B writes its calls as fenced JSON (it never uses the <tool_call> tag here) and invents
+    functions: from the fence on, the grammar holds it to the offered one; a plain answer stays free."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    qwen = LlamaEngine(resolve_model_file("qwen2.5-coder-0.5b-instruct-q4_k_m", load_catalog()),
+                       options(max_batch=2))
+    qwen.load()
+    try:
+        tools = [{"type": "function", "function": {
+            "name": "get_weather", "description": "The current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+        bos, eos = qwen.bos_eos()
+        formatter = Jinja2ChatFormatter(template=qwen.chat_template(), eos_token=eos, bos_token=bos)
+
+        def ask(question: str) -> list[int]:
+            prompt = formatter(messages=[{"role": "user", "content": question}], tools=tools).prompt
+            return qwen.tokenize(prompt, add_special=False, parse_special=True)
+
+        lazy = dict(grammar=WEATHER_CALL, grammar_lazy=True, grammar_triggers=("```json\n",))
+        umbrella = ask("I am going to Rome tomorrow. Should I bring an umbrella? Think first, then call a tool.")
+        free, _, _ = await run(qwen, umbrella, SamplingParams(temperature=0, max_tokens=80))
+        assert free.startswith("```json\n") and '"get_weather"' not in free, free  # it makes a function up
+        called, _, finished = await run(qwen, umbrella, SamplingParams(temperature=0, max_tokens=80, **lazy))
+        assert finished.reason == "stop"
+        call = json.loads(called.removeprefix("```json\n").removesuffix("```"))
+        assert call == {"name": "get_weather", "arguments": {"city": "Rome"}}, called
+        question = ask("Explain what a weather forecast is, in one sentence.")
+        text, _, _ = await run(qwen, question, SamplingParams(temperature=0, max_tokens=60))
+        constrained, _, _ = await run(qwen, question, SamplingParams(temperature=0, max_tokens=60, **lazy))
+        assert constrained == text and "```" not in text
+    finally:
+        qwen.close()
