@@ -1,0 +1,153 @@
+"""The gateway at saturation: a closed loop of one-token chat completions, ours vs LiteLLM vs the upstream direct.
+
+Every path fronts the same fixed-answer upstream (benchmarks/openai_stub.py):
+  direct    the upstream itself
+  ours      `model: tier:1` through the hosted runner, with a client key (rate limit and spend cap checked and
+            reserved), routing, the ledger row (spool + SQLite), metrics, headers and the request log line
+  baseline  the same, served by the code of another git commit (--baseline REF, a worktree of it), to see a
+            change's effect in the same run
+  litellm   LiteLLM's proxy (`make litellm-setup`) with a master key, no database
+Requests come from benchmarks/loadgen.py, its own process: --clients connections, each sending the next
+request as soon as its answer is in, for --seconds, two rounds with the paths alternated. Server CPU per
+request = the user + system CPU seconds the server's processes used during the run (from /proc), divided
+by the requests answered. Generator, upstream and server share this machine's cores, so req/s is a floor.
+Usage: python benchmarks/gateway_saturation.py [--clients 16] [--seconds 10] [--rounds 2] [--baseline REF]
+       [--skip-litellm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gateway_cpu import children, cpu_s  # noqa: E402
+from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402
+from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy  # noqa: E402
+from tiers.auth import hash_key  # noqa: E402
+
+KEY = "sk-saturation-bench-client-key-0001"
+PROMPT = [{"role": "user", "content": "Say yes."}]
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    model: str
+    pid: int | None  # the server whose CPU is read (with its children); None for the upstream alone
+
+
+def keys_file(root: Path) -> Path:
+    keys = root / "keys.yaml"
+    keys.write_text(f"keys: [{{id: bench, sha256: {hash_key(KEY)}, direct_tiers: true, rate_limit: "
+                    f"{{requests_per_minute: 100000000}}, spend_cap: {{usd: 1000000}}}}]\n")
+    return keys
+
+
+def profile_file(root: Path, upstream: str) -> Path:
+    profile = root / "saturation.yaml"
+    profile.write_text(f"devices: {{cpu: {{kind: cpu}}}}\ntiers:\n  1: {{runner: hosted, model: stub, base_url: "
+                       f"\"{upstream}\", api_key_env: null, price: {{input_per_m: 1, output_per_m: 1}}}}\n")
+    return profile
+
+
+def baseline_server(ref: str, root: Path, profile: Path, keys: Path) -> ChildProcess:
+    tree = root / "baseline"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree), ref], check=True)
+    port = free_port()
+    return ChildProcess([sys.executable, "-m", "tiers", "serve", "--port", str(port), "--profile", str(profile),
+                         "--keys", str(keys), "--data-dir", str(root / "baseline-data")], port=port,
+                        log_path=root / "baseline.log", cwd=tree, env={"PYTHONPATH": str(tree)})
+
+
+def closed_loop(path: Target, clients: int, seconds: float) -> dict:
+    body = json.dumps({"model": path.model, "messages": PROMPT, "max_tokens": 1, "temperature": 0})
+    pids = (lambda: children(path.pid)) if path.pid else (lambda: [])
+    before = cpu_s(pids())
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), path.url, "--body", body,
+                          "--header", f"Authorization: Bearer {KEY}", "--clients", str(clients),
+                          "--seconds", str(seconds)], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    result["cpu_ms"] = (cpu_s(pids()) - before) * 1000 / max(1, result["requests"]) if path.pid else None
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", default=None, help="a git commit whose gateway runs beside this one")
+    parser.add_argument("--skip-litellm", action="store_true")
+    args = parser.parse_args()
+    servers: list[ChildProcess] = []
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        try:
+            port = free_port()
+            stub = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "openai_stub.py"), "--port", str(port)],
+                                port=port, log_path=root / "stub.log", ready_path="/v1/models")
+            servers.append(stub)
+            stub.wait_ready()
+            upstream = f"{stub.base_url}/v1"
+            profile, keys = profile_file(root, upstream), keys_file(root)
+            ours = ServerProcess("--profile", str(profile), "--keys", str(keys), log_path=root / "ours.log")
+            servers.append(ours)
+            paths = [Target("direct", f"{upstream}/chat/completions", "stub", None)]
+            if args.baseline:
+                base = baseline_server(args.baseline, root, profile, keys)
+                servers.append(base)
+                paths.append(Target(f"baseline {args.baseline}", f"{base.base_url}/v1/chat/completions", "tier:1",
+                                   base.proc.pid))
+            paths.append(Target("ours", f"{ours.base_url}/v1/chat/completions", "tier:1", ours.proc.pid))
+            if not args.skip_litellm:
+                if not LITELLM.exists():
+                    sys.exit(f"{LITELLM} is missing: run `make litellm-setup`, or pass --skip-litellm")
+                litellm = LiteLLMProxy(upstream, KEY, root)
+                servers.append(litellm)
+                paths.append(Target("litellm", f"{litellm.base_url}/v1/chat/completions", MODEL, litellm.proc.pid))
+            for server in servers:
+                server.wait_ready()
+            for path in paths:  # warm-up: connections, first-request imports
+                closed_loop(path, args.clients, 2)
+            for round_ in range(args.rounds):
+                for path in paths if round_ % 2 == 0 else reversed(paths):
+                    results.setdefault(path.name, []).append(closed_loop(path, args.clients, args.seconds))
+        finally:
+            for server in servers:
+                server.stop()
+            if args.baseline:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(root / "baseline")],
+                               check=False)
+    report(results, args)
+
+
+def report(results: dict[str, list[dict]], args) -> None:
+    print(f"\nclosed loop, {args.clients} clients, one-token chat completions, {args.rounds} rounds of "
+          f"{args.seconds:g} s per path, alternated ({platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs); medians of the rounds\n")
+    print("| path | req/s | p50 ms | p99 ms | errors | server CPU ms/request | req/s vs litellm |")
+    print("|---|---|---|---|---|---|---|")
+    litellm = statistics.median(r["rps"] for r in results["litellm"]) if "litellm" in results else None
+    for name, rounds in results.items():
+        rps = statistics.median(r["rps"] for r in rounds)
+        cpu = [r["cpu_ms"] for r in rounds if r["cpu_ms"] is not None]
+        print(f"| {name} | {rps:,.0f} | {statistics.median(r['p50_ms'] for r in rounds):.1f} | "
+              f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {sum(r['errors'] for r in rounds)} | "
+              f"{f'{statistics.median(cpu):.2f}' if cpu else '-'} | {f'{rps / litellm:.1f}x' if litellm else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
