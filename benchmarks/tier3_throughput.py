@@ -1,11 +1,16 @@
-"""Tier 3 throughput under concurrency: our endpoint vs llama-cpp-python's server (vs native llama-server).
+"""Tier 3 throughput under concurrency: our endpoint vs native llama-server vs llama-cpp-python's server.
 
-The servers run one after another, never at once, on the same GGUF file, thread count and context size.
+All servers are up at once but only one is sent requests at a time: each level runs on each server in
+turn, for several rounds, and the median round is reported. Same GGUF file, thread count and context size;
+ours and native llama-server also get the same number of slots (--slots, default the highest level) and
+the same KV layout (one unified cache, or one per slot with --no-kv-unified). Native llama-server is the
+one `make bench-native` builds (benchmarks/native_llama_server.py); it is found without a flag.
 Workload per level: C concurrent streaming clients, each sending requests back to back until the level
 has sent max(2*C, 8) requests; fixed prompts, max_tokens 64, temperature 0, seed 7.
 aggregate tok/s = completion tokens of the level / wall time of the level. TTFT = first content chunk.
 The gateway's own overhead per request is measured by benchmarks/gateway_overhead.py.
-Usage: python benchmarks/tier3_throughput.py [--levels 1,4,8,16] [--llama-server PATH] [--skip-llama-cpp-python]
+Usage: python benchmarks/tier3_throughput.py [--levels 1,4,8,16] [--rounds 3] [--slots N] [--no-kv-unified]
+       [--llama-server PATH | --skip-native] [--skip-llama-cpp-python]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the same subprocess helpers the tests use)
 from harness import pct  # noqa: E402
+from native_llama_server import binary as native_binary  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402
@@ -103,82 +109,109 @@ async def level(base_url: str, model: str, clients: int, max_tokens: int) -> dic
     }
 
 
-def run_levels(base_url: str, model: str, levels: list[int], max_tokens: int, name: str) -> list[dict]:
-    rows = []
-    for clients in levels:
-        row = asyncio.run(level(base_url, model, clients, max_tokens))
-        print(f"  {name}: {clients:>2} clients  {row['tok_s']:6.1f} tok/s  p50 {row['p50']:.2f}s  "
-              f"p95 {row['p95']:.2f}s  ttft p50 {row['ttft50']:.3f}s", file=sys.stderr, flush=True)
-        rows.append(row)
-    return rows
+def slots_profile(profile_path: Path, slots: int, kv_unified: bool, log_dir: Path) -> Path:
+    """The profile with Tier 3 given the benchmark's slot count and KV layout (what native gets too)."""
+    import yaml
+
+    data = yaml.safe_load(profile_path.read_text())
+    data["tiers"] = {3: {**data["tiers"][3], "max_batch": slots, "kv_unified": kv_unified}}
+    path = log_dir / "tier3-throughput-profile.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
 
 
-def bench_ours(levels, max_tokens, log_dir, profile: str) -> list[dict]:
-    server = ServerProcess("--profile", profile, log_path=log_dir / "tier3-throughput-ours.log")
-    try:
-        server.wait_ready()
-        return run_levels(server.base_url, "tier:3", levels, max_tokens, "ours")
-    finally:
-        server.stop()
+@dataclass
+class Server:
+    name: str
+    model: str  # the model name its API expects
+    process: ChildProcess
 
 
-def bench_external(cmd: list[str], port: int, levels, max_tokens, log: Path, name: str, ready_path: str) -> list[dict]:
-    server = ChildProcess(cmd, port=port, log_path=log, ready_path=ready_path)
-    try:
-        server.wait_ready()
-        return run_levels(server.base_url, "smollm2", levels, max_tokens, name)
-    finally:
-        server.stop()
+def interleaved(servers: list[Server], levels: list[int], max_tokens: int, rounds: int) -> dict[str, list[dict]]:
+    """Every level on every server in turn, `rounds` times (the order rotating), so that a slow minute of a
+    shared machine lands on all servers alike; per level the median round of each figure is reported."""
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for r in range(rounds):
+        for clients in levels:
+            for k in range(len(servers)):
+                server = servers[(k + r) % len(servers)]
+                row = asyncio.run(level(server.process.base_url, server.model, clients, max_tokens))
+                print(f"  round {r + 1} {server.name}: {clients:>2} clients  {row['tok_s']:6.1f} tok/s  "
+                      f"p50 {row['p50']:.2f}s  ttft p50 {row['ttft50']:.3f}s", file=sys.stderr, flush=True)
+                runs.setdefault((server.name, clients), []).append(row)
+    keys = ("tok_s", "p50", "p95", "ttft50")
+    return {s.name: [{"clients": c, "requests": runs[s.name, c][0]["requests"],
+                      **{k: statistics.median(row[k] for row in runs[s.name, c]) for k in keys}} for c in levels]
+            for s in servers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="1,4,8,16")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--llama-server", type=Path, help="native llama.cpp llama-server binary (optional)")
+    parser.add_argument("--rounds", type=int, default=3, help="each level this many times per server, interleaved")
+    parser.add_argument("--slots", type=int, help="slots for ours and native llama-server (default: highest level)")
+    parser.add_argument("--no-kv-unified", dest="kv_unified", action="store_false",
+                        help="one KV cache per slot instead of one shared by all, for both")
+    parser.add_argument("--llama-server", type=Path, default=native_binary(),
+                        help="native llama-server binary (default: the one `make bench-native` builds)")
+    parser.add_argument("--skip-native", action="store_true")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     parser.add_argument("--profile", default="cpu-tier3", help="profile for our endpoint (name or YAML path)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
 
-    _, profile = load_profile(args.profile)
+    profile_file, profile = load_profile(args.profile)
     placement = profile.tiers[3]
+    slots = args.slots or max(levels)
     threads = len(os.sched_getaffinity(0)) if placement.options.get("threads", "auto") == "auto" else placement.options["threads"]
     n_ctx = placement.options.get("n_ctx", 2048)
     model_path = resolve_model_file(placement.model, load_catalog())
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    if not args.skip_native and not args.llama_server.is_file():
+        raise SystemExit(f"{args.llama_server} does not exist: run `make bench-native` (or pass --skip-native)")
 
-    results: dict[str, list[dict]] = {"ours": bench_ours(levels, args.max_tokens, log_dir, args.profile)}
+    ours = ServerProcess("--profile", str(slots_profile(profile_file, slots, args.kv_unified, log_dir)),
+                         log_path=log_dir / "tier3-throughput-ours.log")
+    servers = [Server("ours", "tier:3", ours)]
+    if not args.skip_native:
+        port = free_port()
+        cmd = [str(args.llama_server), "-m", str(model_path), "-t", str(threads), "-tb", str(threads),
+               "-c", str(n_ctx * slots), "--parallel", str(slots), "--cont-batching", "--port", str(port),
+               "--alias", "smollm2", "--kv-unified" if args.kv_unified else "--no-kv-unified"]
+        servers.append(Server("native llama-server", "smollm2", ChildProcess(
+            cmd, port=port, log_path=log_dir / "tier3-throughput-llama-server.log", ready_path="/health")))
     if not args.skip_llama_cpp_python:
         port = free_port()
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--model_alias", "smollm2",
                "--n_threads", str(threads), "--n_threads_batch", str(threads), "--n_ctx", str(n_ctx),
                "--port", str(port), "--verbose", "False",
                "--interrupt_requests", "False"]  # by default a new request cuts the running stream
-        results["llama-cpp-python server"] = bench_external(
-            cmd, port, levels, args.max_tokens, log_dir / "tier3-throughput-llama-cpp-python.log",
-            "llama-cpp-python", "/v1/models")
-    if args.llama_server:
-        port = free_port()
-        parallel = max(levels)
-        cmd = [str(args.llama_server), "-m", str(model_path), "-t", str(threads), "-tb", str(threads),
-               "-c", str(n_ctx * parallel), "--parallel", str(parallel), "--cont-batching", "--port", str(port),
-               "--alias", "smollm2"]
-        results["native llama-server"] = bench_external(
-            cmd, port, levels, args.max_tokens, log_dir / "tier3-throughput-llama-server.log", "llama-server", "/health")
+        servers.append(Server("llama-cpp-python server", "smollm2", ChildProcess(
+            cmd, port=port, log_path=log_dir / "tier3-throughput-llama-cpp-python.log", ready_path="/v1/models")))
+    try:
+        for server in servers:
+            server.process.wait_ready()
+        results = interleaved(servers, levels, args.max_tokens, args.rounds)
+    finally:
+        for server in servers:
+            server.process.stop()
 
-    print(f"# Tier 3 throughput: {placement.model}, {threads} threads, n_ctx {n_ctx}, max_tokens={args.max_tokens}, "
-          f"temperature 0, streaming ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
+    layout = "one unified KV cache" if args.kv_unified else "one KV cache per slot"
+    print(f"# Tier 3 throughput: {placement.model}, {threads} threads, n_ctx {n_ctx} per slot, {slots} slots "
+          f"({layout}) for ours and native, max_tokens={args.max_tokens}, temperature 0, streaming, median of "
+          f"{args.rounds} interleaved rounds ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
     print()
     others = [name for name in results if name != "ours"]
     print("| server | clients | requests | aggregate tok/s | p50 latency s | p95 latency s | p50 TTFT s |"
-          + "".join(f" ours / {o} |" for o in others))
-    print("|---|---|---|---|---|---|---|" + "---|" * len(others))
+          + "".join(f" ours / {o} tok/s | TTFT ours / {o} |" for o in others))
+    print("|---|---|---|---|---|---|---|" + "---|---|" * len(others))
     for name, rows in results.items():
         for i, row in enumerate(rows):
-            ratios = "".join(
-                f" {results['ours'][i]['tok_s'] / results[o][i]['tok_s']:.2f} |" if name == "ours" else " |"
-                for o in others)
+            ours_row = results["ours"][i]
+            ratios = "".join(f" {ours_row['tok_s'] / results[o][i]['tok_s']:.2f} | "
+                             f"{ours_row['ttft50'] / results[o][i]['ttft50']:.2f} |" if name == "ours" else " | |"
+                             for o in others)
             print(f"| {name} | {row['clients']} | {row['requests']} | {row['tok_s']:.1f} | {row['p50']:.2f} | "
                   f"{row['p95']:.2f} | {row['ttft50']:.3f} |{ratios}")
 

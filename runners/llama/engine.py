@@ -23,9 +23,9 @@ import numpy as np
 from hardware.errors import ConfigError
 from runners.errors import ContextLengthExceeded, InvalidRequest, RunnerFailed, TierUnavailable
 from runners.llama import sampling
-from runners.llama.scheduler import QueueFull, Request, Scheduler
+from runners.llama.scheduler import Scheduler
 from runners.llama.slots import Slots
-from runners.llama.types import EngineOptions, Finished, SamplingParams
+from runners.llama.types import EngineOptions, Finished, QueueFull, Request, SamplingParams
 
 _log = logging.getLogger("tier_runner.engine")
 _STACK_BYTES = 64 << 20  # std::regex (lazy grammar triggers) recurses per character of the output

@@ -15,47 +15,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from runners.errors import Overloaded
 from runners.llama.text import TextOut, log_softmax, token_info
-from runners.llama.types import Finished, Piece, SamplingParams
-
-
-class QueueFull(Overloaded):
-    def __init__(self, limit: int):
-        super().__init__(f"Tier 3 has {limit} requests waiting already; retry shortly or raise max_queue in the profile")
-
-
-@dataclass(eq=False)
-class Request:
-    """One generate() call: n choices of one prompt, answered on the caller's event loop."""
-
-    prompt: list[int]
-    params: SamplingParams
-    n: int
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    failed: bool = False
-
-
-@dataclass(eq=False)
-class Sequence:
-    request: Request
-    index: int
-    tokens: list[int]  # the prompt, then each generated token; KV holds tokens[:n_cached]
-    out: TextOut
-    sampler: int
-    slot: int
-    order: int  # admission order: the youngest is preempted first
-    n_cached: int = 0
-    n_generated: int = 0
-    followers: list[Sequence] = field(default_factory=list)  # choices waiting for this one's prompt KV
-    following: bool = False
-    preempted: bool = False  # its KV was dropped to make room; it resumes from a shared prefix if one is left
+from runners.llama.types import Finished, Piece, Request, Sequence
 
 
 class Scheduler:

@@ -1,10 +1,17 @@
-"""What the engine takes and gives: its options, one request's sampling settings, and the events it yields."""
+"""What the engine takes and gives: its options, one request's sampling settings, the events it yields, and the
+scheduler's requests and sequences."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from hardware.errors import ConfigError
+from runners.errors import Overloaded
+
+if TYPE_CHECKING:
+    from runners.llama.text import TextOut
 
 
 @dataclass(frozen=True)
@@ -74,3 +81,37 @@ class Finished:
     reason: str
     prompt_tokens: int  # the same for every choice: the prompt is computed once
     completion_tokens: int
+
+
+class QueueFull(Overloaded):
+    def __init__(self, limit: int):
+        super().__init__(f"Tier 3 has {limit} requests waiting already; retry shortly or raise max_queue in the profile")
+
+
+@dataclass(eq=False)
+class Request:
+    """One generate() call: n choices of one prompt, answered on the caller's event loop."""
+
+    prompt: list[int]
+    params: SamplingParams
+    n: int
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    failed: bool = False
+
+
+@dataclass(eq=False)
+class Sequence:
+    request: Request
+    index: int
+    tokens: list[int]  # the prompt, then each generated token; KV holds tokens[:n_cached]
+    out: TextOut
+    sampler: int
+    slot: int
+    order: int  # admission order: the youngest is preempted first
+    n_cached: int = 0
+    n_generated: int = 0
+    followers: list[Sequence] = field(default_factory=list)  # choices waiting for this one's prompt KV
+    following: bool = False
+    preempted: bool = False  # its KV was dropped to make room; it resumes from a shared prefix if one is left
