@@ -23,7 +23,7 @@ EXPECTED_COLUMNS = {
     "serving_tier", "runner", "model", "client_key_id", "prompt_tokens", "completion_tokens", "ttft_ms",
     "latency_ms", "cost_usd", "cache_hit", "cache_similarity", "gate", "gate_passed", "gate_reason", "escalated",
     "downgraded", "error_type", "http_status", "prompt_text", "completion_text", "text_expires_at",
-    "api", "tool_calls", "gate_spec", "feature_spec", "shadow_of", "shadow_agreed",
+    "api", "tool_calls", "gate_spec", "feature_spec", "shadow_of", "shadow_agreed", "replica",
 }
 
 
