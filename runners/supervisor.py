@@ -107,6 +107,9 @@ class Supervisor:
             await runner.start()
             while runner.status().state == "starting" and loop.time() < deadline:
                 await asyncio.sleep(0.2)
+        except asyncio.CancelledError:  # the server is shutting down mid-swap: the new runner must not outlive it
+            await asyncio.shield(runner.stop())
+            raise
         except Exception as exc:
             await runner.stop()
             raise ConfigError(f"tier {tier}: the new runner failed to start: {exc.__class__.__name__}: {exc}") from None

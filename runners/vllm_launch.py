@@ -50,6 +50,11 @@ class VllmOptions(BaseModel):
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096, description="sequences decoded together")
     cpu_kvcache_space_gib: int | None = Field(default=None, ge=1, le=1024,
                                               description="VLLM_CPU_KVCACHE_SPACE: KV cache size on CPU, in GiB")
+    cpu_threads_bind: str = Field(default="nobind", pattern=r"^(nobind|auto|[0-9,|-]+)$", description=(
+        "VLLM_CPU_OMP_THREADS_BIND on a CPU device: nobind (here the default) lets the kernel share the cores, so "
+        "the new server of a live swap is not pinned to the cores the old one is busy on and starved; auto "
+        "(vLLM's own default) pins each server to one NUMA node's cores, best when it has the node to itself; "
+        "or core lists such as 0-15"))
     port: int | None = Field(default=None, ge=1, le=65535, description="port on 127.0.0.1; default a free one")
     tool_call_parser: str | None = Field(default=None, pattern=r"^[a-z0-9_]+$", description=(
         "vLLM's parser for the model's tool-call syntax (hermes for Qwen2.5 and Hermes models, llama3_json, mistral, "
@@ -177,6 +182,8 @@ def environment(runner: VllmRunner) -> dict[str, str]:
            "DO_NOT_TRACK": "1"}
     if runner.options.cpu_kvcache_space_gib:
         env["VLLM_CPU_KVCACHE_SPACE"] = str(runner.options.cpu_kvcache_space_gib)
+    if runner.device is None or runner.device.kind == "cpu":
+        env["VLLM_CPU_OMP_THREADS_BIND"] = runner.options.cpu_threads_bind
     if runner.device is not None and runner.device.kind == "cuda":
         first = runner.device.index or 0
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(runner.options.local_gpus))

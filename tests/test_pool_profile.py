@@ -108,9 +108,20 @@ def test_tensor_parallel_places_a_shard_on_each_gpu_and_needs_them_all(tmp_path,
     needs = runners[2].memory_needs()
     assert [(n.device.index, n.weights) for n in needs] == [(0, 8 * GiB), (1, 8 * GiB)]
     assert environment(runners[2])["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in environment(runners[2])  # thread binding is a CPU device's matter
     assert [p.where for p in check_fits(runners, "p", machine(2))][1:] == ["cuda:0 H100 (VRAM)", "cuda:1 H100 (VRAM)"]
     with pytest.raises(ConfigError, match=r"device 'gpu0\+1' \(cuda index 1\), which this machine does not have"):
         check_fits(runners, "p", machine(1))
+
+
+def test_a_cpu_vllm_server_shares_the_cores_unless_told_to_pin(tmp_path, model_folder):
+    """vLLM's `auto` binding pins every server to the same cores: a live swap's new server starves behind the old."""
+    base = f"devices: {{cpu: {{kind: cpu}}}}\ntiers:\n  2:\n    runner: vllm\n    device: cpu\n    model: {model_folder}\n"
+    assert environment(runners_of(write(tmp_path, base))[2])["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    pinned = runners_of(write(tmp_path, base + "    cpu_threads_bind: 0-7\n"))[2]
+    assert environment(pinned)["VLLM_CPU_OMP_THREADS_BIND"] == "0-7"
+    with pytest.raises(ConfigError, match="cpu_threads_bind"):
+        runners_of(write(tmp_path, base + "    cpu_threads_bind: everywhere\n"))
 
 
 def test_parallelism_flags_pass_through_to_vllm(tmp_path, model_folder, monkeypatch):

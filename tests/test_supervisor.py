@@ -170,6 +170,26 @@ def test_replace_refuses_a_runner_that_never_gets_ready_and_keeps_the_old_one():
     assert run(go()) is old and new.stops == 1
 
 
+def test_a_swap_cancelled_by_shutdown_stops_the_new_runner():
+    """The server shutting down mid-swap cancels the reload: the half-started runner (a vLLM process) is stopped,
+    not left running with nobody to stop it."""
+    old, new = FakeRunner(2), SlowRunner(2, ready_after=None)
+
+    async def go():
+        supervisor = Supervisor({2: old})
+        await supervisor.start()
+        swap = asyncio.create_task(supervisor.replace(2, new, ready_timeout_s=60))
+        await asyncio.sleep(0.3)
+        swap.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await swap
+        current = supervisor.runner(2)
+        await supervisor.stop()
+        return current
+
+    assert run(go()) is old and new.stops == 1 and new.lifecycle.state == "stopped"
+
+
 def test_a_replaced_runner_is_never_restarted():
     old, new = FakeRunner(2, backoff_s=0.2), FakeRunner(2)
 
