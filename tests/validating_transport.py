@@ -11,14 +11,17 @@ from tests.openai_schema import validate
 
 
 def check_body(request: httpx.Request, response: httpx.Response, seen: list[dict]) -> None:
-    if not request.url.path.endswith("/chat/completions"):
-        return
-    text = response.content.decode()
-    if response.status_code != 200:
+    if request.url.path.endswith("/chat/completions"):
+        check_text(response.status_code, response.headers.get("content-type", ""), response.content.decode(), seen)
+
+
+def check_text(status: int, content_type: str, text: str, seen: list[dict]) -> None:
+    """One chat-completions response (a whole body or a whole SSE stream) against OpenAI's document; into `seen`."""
+    if status != 200:
         validate(json.loads(text), "ErrorResponse")
         seen.append(json.loads(text))
         return
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
+    if content_type.startswith("text/event-stream"):
         data = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
         assert data and data[-1] == "[DONE]", text[-300:]
         for chunk in data[:-1]:
