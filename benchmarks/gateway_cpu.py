@@ -28,7 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import ChildProcess, RedisServer, ServerProcess, free_port  # noqa: E402
+from benchmarks.harness import start_stub, stub_profile  # noqa: E402
+from tests.conftest import RedisServer, ServerProcess, free_port  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
 from tiers.auth import hash_key  # noqa: E402
 
@@ -81,9 +82,7 @@ async def load(url: str, requests: int, clients: int) -> tuple[int, float]:
 
 
 def run(name: str, args, root: Path, upstream: str, extra: list[str], stores: dict[str, callable]) -> dict:
-    profile = root / "cpu.yaml"
-    profile.write_text(f"devices: {{cpu: {{kind: cpu}}}}\ntiers:\n  1: {{runner: hosted, model: stub, base_url: "
-                       f"\"{upstream}\", api_key_env: null, price: {{input_per_m: 1, output_per_m: 1}}}}\n")
+    profile = stub_profile(root / "cpu.yaml", upstream)
     keys = root / "keys.yaml"  # a rate limit and a spend cap, so both are checked on every request
     keys.write_text(f"keys: [{{id: bench, sha256: {hash_key(KEY)}, direct_tiers: true, rate_limit: "
                     f"{{requests_per_minute: 10000000}}, spend_cap: {{usd: 1000000}}}}]\n")
@@ -112,13 +111,10 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        stub_port = free_port()
-        stub = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "openai_stub.py"), "--port", str(stub_port)],
-                            port=stub_port, log_path=root / "stub.log", ready_path="/v1/models")
+        stub = start_stub(root)
         redis = RedisServer(root).start()
         postgres = PostgresServer(free_port()).start()
         try:
-            stub.wait_ready()
             upstream = f"{stub.base_url}/v1"
             results.append(run("local", args, root, upstream, [], {}))
             postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])

@@ -32,9 +32,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import pct  # noqa: E402
+from benchmarks.harness import pct, start_stub  # noqa: E402
 
-from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the tests' subprocess helper)
+from tests.conftest import ChildProcess, ServerProcess  # noqa: E402  (the tests' subprocess helper)
 from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy  # noqa: E402
 
 from tiers.auth import hash_key  # noqa: E402
@@ -108,11 +108,8 @@ def keys_file(root: Path) -> Path:
 def proxy_overhead(args, root: Path) -> dict[str, list[Sample]]:
     servers: list[ChildProcess] = []
     try:
-        stub_port = free_port()
-        stub = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "openai_stub.py"), "--port", str(stub_port)],
-                            port=stub_port, log_path=root / "stub.log", ready_path="/v1/models")
+        stub = start_stub(root)
         servers.append(stub)
-        stub.wait_ready()
         upstream = f"{stub.base_url}/v1"
         paths = {"direct": (f"{upstream}/chat/completions", "stub")}
 

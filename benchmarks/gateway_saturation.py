@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_cpu import children, cpu_s  # noqa: E402
+from benchmarks.harness import start_stub, stub_profile  # noqa: E402
 from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402
 from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy  # noqa: E402
 from tiers.auth import hash_key  # noqa: E402
@@ -53,13 +54,6 @@ def keys_file(root: Path) -> Path:
     keys.write_text(f"keys: [{{id: bench, sha256: {hash_key(KEY)}, direct_tiers: true, rate_limit: "
                     f"{{requests_per_minute: 100000000}}, spend_cap: {{usd: 1000000}}}}]\n")
     return keys
-
-
-def profile_file(root: Path, upstream: str) -> Path:
-    profile = root / "saturation.yaml"
-    profile.write_text(f"devices: {{cpu: {{kind: cpu}}}}\ntiers:\n  1: {{runner: hosted, model: stub, base_url: "
-                       f"\"{upstream}\", api_key_env: null, price: {{input_per_m: 1, output_per_m: 1}}}}\n")
-    return profile
 
 
 def baseline_server(ref: str, root: Path, profile: Path, keys: Path) -> ChildProcess:
@@ -96,13 +90,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         try:
-            port = free_port()
-            stub = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "openai_stub.py"), "--port", str(port)],
-                                port=port, log_path=root / "stub.log", ready_path="/v1/models")
+            stub = start_stub(root)
             servers.append(stub)
-            stub.wait_ready()
             upstream = f"{stub.base_url}/v1"
-            profile, keys = profile_file(root, upstream), keys_file(root)
+            profile, keys = stub_profile(root / "saturation.yaml", upstream), keys_file(root)
             ours = ServerProcess("--profile", str(profile), "--keys", str(keys), log_path=root / "ours.log")
             servers.append(ours)
             paths = [Target("direct", f"{upstream}/chat/completions", "stub", None)]

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the same subprocess helpers the tests use)
-from harness import pct  # noqa: E402
+from benchmarks.harness import pct  # noqa: E402
 from native_llama_server import binary as native_binary  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402

@@ -140,8 +140,8 @@ def postgres():
         server.stop()
 
 
-@pytest.fixture
-def fresh_postgres_url(postgres) -> str:
+def new_database(postgres) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server."""
     import uuid
 
     import sqlalchemy as sa
@@ -152,6 +152,11 @@ def fresh_postgres_url(postgres) -> str:
         conn.execute(sa.text(f"CREATE DATABASE {name}"))
     engine.dispose()
     return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres) -> str:
+    return new_database(postgres)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import RedisServer, ServerProcess
+from tests.conftest import RedisServer, ServerProcess, new_database
 from tiers.auth import hash_key
 
 PROFILE = """devices: {cpu: {kind: cpu}}
@@ -49,12 +49,7 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ledger_url(postgres):
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(postgres.url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {name}"))
-    engine.dispose()
-    return postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    return new_database(postgres)
 
 
 @pytest.fixture(scope="module")
