@@ -245,8 +245,15 @@ class PoolRunner(Runner):
             await deltas.aclose()
 
     async def count_tokens(self, request: Request) -> int | None:
+        """Counted by one replica; like an answer, it settles the probe it may have claimed on a half-open one."""
         member = self._pick([], [])
-        return await member.count_tokens(request)
+        try:
+            counted = await member.count_tokens(request)
+        except BaseException:
+            self._books[member.replica].breaker.release_probe()
+            raise
+        self._ok(member)
+        return counted
 
 
 def build_tier_runner(tier: int, placement: TierPlacement, source: str,

@@ -138,6 +138,24 @@ def test_an_ejected_replica_is_probed_after_its_cooldown_and_readmitted_when_it_
     assert "a" in served and state == "ready"
 
 
+def test_counting_tokens_on_a_half_open_replica_settles_its_probe():
+    """count_tokens picks a replica like an answer does; a half-open one's probe must not stay claimed for ever."""
+    async def go():
+        runner, (a, b) = pool(1, 1, after_failures=1, cooldown_s=0.2)
+        await runner.start()
+        a.fail = RunnerFailed("tier 2 answered HTTP 500")
+        await runner.complete(REQUEST)
+        a.fail = None
+        await asyncio.sleep(0.25)  # past the cooldown: a is half-open, and the next pick probes it
+        b.lifecycle.to("stopped")  # so that the count goes to a
+        assert await runner.count_tokens(REQUEST) is None
+        b.lifecycle.to("ready")
+        return runner.replicas()[0]["state"], [(await runner.complete(REQUEST)).replica for _ in range(4)]
+
+    state, served = run(go())
+    assert state == "ready" and "a" in served
+
+
 def test_a_replica_that_gets_ready_again_is_readmitted_at_once():
     async def go():
         runner, (a, b) = pool(1, 1, after_failures=1, cooldown_s=60)
