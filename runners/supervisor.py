@@ -99,8 +99,7 @@ class Supervisor:
         """Start `runner`, wait until it is ready, then put it in place of the tier's current one (returned,
         still running: the caller drains and stops it). A runner that does not get ready is stopped and the
         tier keeps its old one (ConfigError with the reason)."""
-        while any(unit.split("/")[0] == str(tier) for unit in self._busy):  # a restart is under way: let it finish
-            await asyncio.sleep(0.1)
+        await self._restarts_done(tier)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ready_timeout_s
         try:
@@ -118,11 +117,17 @@ class Supervisor:
             await runner.stop()
             why = f"still {status.state} after {ready_timeout_s:.0f} s" if status.state == "starting" else status.state
             raise ConfigError(f"tier {tier}: the new runner did not become ready ({why}): {status.detail}")
+        await self._restarts_done(tier)  # one may have begun while the new runner got ready; no await after this
         old = self._runners.get(tier)
         self._runners[tier] = runner
         for unit in [u for u in self._restarts if u.split("/")[0] == str(tier)]:
             del self._restarts[unit]
         return old
+
+    async def _restarts_done(self, tier: int) -> None:
+        """Until no restart of the tier's runner (or of a replica of its pool) is under way."""
+        while any(unit.split("/")[0] == str(tier) for unit in self._busy):
+            await asyncio.sleep(0.1)
 
     def restarts(self, tier: int, replica: str = "") -> int:
         """Restarts so far of a tier's runner, or of one replica of its pool."""
