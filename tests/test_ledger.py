@@ -167,3 +167,24 @@ def test_spec_hash_is_short_canonical_and_changes_with_any_argument():
     assert spec_hash(gate) == spec_hash(same) and len(spec_hash(gate)) == 12
     assert int(spec_hash(gate), 16) >= 0
     assert spec_hash(gate) != spec_hash({"name": "json_schema", "args": {"schema": {"type": "object"}}})
+
+
+def test_feedback_on_a_peer_gateways_answer_waits_for_its_row(ledger_url, tmp_path):
+    """Workers (and replicas) write one database from spools of their own: feedback that reaches one of them
+    right after another answered waits for the row the other has not loaded yet, instead of a 404."""
+    import threading
+
+    mine = Ledger(ledger_url, tmp_path / "mine", peers=True)
+    peer = Ledger(ledger_url, tmp_path / "peer")
+    mine.start()
+    timer = threading.Timer(0.5, lambda: (peer.start(), peer.record([row("req_peer")])))
+    timer.start()
+    mine.add_feedback("req_peer", "accepted", None)  # the row arrives 0.5 s later, from the peer's spool
+    timer.join()
+    alone = Ledger(ledger_url, tmp_path / "alone")  # a gateway without peers answers at once
+    with pytest.raises(NotFound):
+        alone.add_feedback("req_unknown", "accepted", None)
+    with mine.engine.connect() as conn:
+        assert conn.execute(sa.select(schema.feedback.c.request_id)).scalars().all() == ["req_peer"]
+    for ledger in (mine, peer, alone):
+        ledger.close()

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from hardware.errors import ConfigError
 from tiers.ledger import schema
 from tiers.ledger.rows import LedgerRow, new_attempt_id
+from tiers.ledger.spool import Spool
 from tiers.ledger.store import Ledger
 
 
@@ -127,6 +128,34 @@ def test_a_second_process_on_the_same_spool_is_refused(ledger_url, tmp_path):
     assert other.returncode != 0 and "in use by another process" in other.stderr
     ledger.close()
     Ledger(ledger_url, tmp_path / "spool").close()  # free again once the first one closed
+
+
+def test_a_worker_claims_a_free_spool_slot_and_the_one_a_killed_worker_left(ledger_url, tmp_path):
+    """`serve --workers 2`: each worker takes its own slot; one SIGKILLed mid-run leaves its spooled rows in its
+    slot, and the worker started in its place claims that slot and loads them."""
+    slots = [tmp_path / "spool" / f"worker-{i}" for i in range(2)]
+    script = textwrap.dedent(f"""
+        import os, time
+        from tiers.ledger.rows import LedgerRow
+        from tiers.ledger.spool import Spool
+        from tiers.ledger.store import Ledger
+        ledger = Ledger({ledger_url!r}, Spool.claim({[str(s) for s in slots]!r}))  # never started: rows stay spooled
+        ledger.record([LedgerRow(attempt_id="att_killed", request_id="req_killed", ts=time.time(), route="tier:3")])
+        print(ledger.spool.folder, flush=True)
+        os.kill(os.getpid(), 9)
+    """)
+    first = Ledger(ledger_url, Spool.claim(slots))
+    assert first.spool.folder == slots[0]
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert killed.returncode == -9 and killed.stdout.strip() == str(slots[1]), killed.stderr
+    with pytest.raises(ConfigError, match="every ledger spool"):  # both slots held: no slot for a third worker
+        Spool.claim(slots[:1])
+    replacement = Ledger(ledger_url, Spool.claim(slots))
+    assert replacement.spool.folder == slots[1]
+    replacement.start()
+    assert replacement.flush() and "req_killed" in stored(replacement)
+    replacement.close()
+    first.close()
 
 
 def test_text_past_its_retention_is_erased_at_start_and_while_running(ledger_url, tmp_path):

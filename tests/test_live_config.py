@@ -172,3 +172,33 @@ async def test_a_routing_table_the_server_cannot_serve_is_rejected_on_reload_and
     assert sorted(config.routing.features) == ["f"]
     await config.reload_routing()  # with faiss there, the same file is taken
     assert sorted(config.routing.features) == ["f", "faq"]
+
+
+async def test_shutdown_while_a_retired_runner_drains_still_stops_it(files):
+    """The server stopping cuts the drain short, not the stop: a replaced vLLM server must not outlive the gateway."""
+    config = await live(files)
+    old = config.runners.get(3)
+    old.release = asyncio.Event()
+    answering = asyncio.create_task(old.complete(Request()))
+    await asyncio.sleep(0.05)
+    write_profile(files / "profile.yaml", t3=placement("m2"))
+    assert await config.reload_profile() == [3]
+    await asyncio.sleep(0.1)
+    assert old.lifecycle.state == "ready"  # draining its one request
+    await config.runners.stop()
+    assert old.lifecycle.state == "stopped" and config.runners.get(3).lifecycle.state == "stopped"
+    answering.cancel()
+    await asyncio.gather(answering, return_exceptions=True)
+
+
+async def test_with_workers_a_reload_to_a_tier_that_runs_in_process_is_rejected(files):
+    """--workers N: a profile edited to put llama.cpp on a tier would load the model once per worker."""
+    config = LiveConfig(files / "routing.yaml", TierRunners(files / "profile.yaml", out_of_process=True), 0.0)
+    await config.runners.start()
+    old = config.runners.get(3)
+    (files / "profile.yaml").write_text("tiers:\n  3: {runner: llamacpp, model: smollm2-135m-instruct-q4_1}\n")
+    with pytest.raises(ReloadRejected, match=r"tiers\.3 \(llamacpp: smollm2-135m-instruct-q4_1\) would run on this "
+                                             r"machine once per worker"):
+        await config.reload_profile()
+    assert config.runners.get(3) is old and old.serving()
+    await config.runners.stop()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -45,28 +44,36 @@ from tiers.settings import Settings
                                                          "0: only POST /admin/reload (or its announcement) reloads")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]),
               envvar="TIER_RUNNER_LOG_LEVEL")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, envvar="TIER_RUNNER_WORKERS",
+              help="gateway processes on one port; above 1 every tier must run out of process (hosted, vLLM by url) "
+                   "and --redis-url is needed")
 def serve(host: str, port: int, profile: str, routing: Path | None, max_body_bytes: int, data_dir: Path,
           ledger_url: str | None, cache_backend: str | None, redis_url: str | None, cache_embedder: str,
           cache_embedder_model: str | None, cache_max_entries: int, cache_max_bytes: int, keys: Path | None,
-          default_max_tokens: int, reload_interval: float, log_level: str) -> None:
+          default_max_tokens: int, reload_interval: float, log_level: str, workers: int) -> None:
     """Serve every tier of the profile behind one OpenAI-compatible endpoint."""
     import uvicorn
 
-    from tiers.server import create_app
+    from tiers.workers import configure_logging, load_leftovers, serve_workers
 
     fields = {"host": host, "port": port, "profile": profile, "max_body_bytes": max_body_bytes, "log_level": log_level,
               "data_dir": data_dir, "ledger_url": ledger_url, "cache_backend": cache_backend, "redis_url": redis_url,
               "cache_embedder": cache_embedder, "cache_embedder_model": cache_embedder_model,
               "cache_max_entries": cache_max_entries, "cache_max_bytes": cache_max_bytes, "keys": keys,
-              "default_max_tokens": default_max_tokens, "reload_interval_s": reload_interval}
+              "default_max_tokens": default_max_tokens, "reload_interval_s": reload_interval, "workers": workers}
     if routing is not None:
         fields["routing"] = routing
     settings = Settings(**fields)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # httpx logs every upstream call at INFO; our own request line already says what happened.
-    logging.getLogger("httpx").setLevel(logging.DEBUG if log_level == "debug" else logging.WARNING)
+    configure_logging(log_level)
+    mode = "keyless: no client keys, only this machine can call it" if keys is None else f"client keys from {keys}"
+    serving = f"tier-runner: serving on http://{host}:{port}/v1 with profile {profile} ({mode})"
+    if workers > 1:
+        serve_workers(settings, f"{serving}, {workers} workers")  # configuration errors stop us before binding
+        return
+    from tiers.server import create_app
+
+    load_leftovers(settings, sorted((settings.data_dir / "spool").glob("worker-*")))  # a --workers run's rows
     app = create_app(settings)  # configuration errors stop us here, before binding
     app.state.access.check_bind(host)
-    mode = "keyless: no client keys, only this machine can call it" if keys is None else f"client keys from {keys}"
-    click.echo(f"tier-runner: serving on http://{host}:{port}/v1 with profile {profile} ({mode})", err=True)
+    click.echo(serving, err=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from tiers.ledger.rows import LedgerRow
 
@@ -23,10 +25,24 @@ def feature_label(row: LedgerRow) -> str:
 
 
 class Metrics:
-    """One registry per app (not the global one), so tests and several apps in a process stay apart."""
+    """Registries of this app (not the global one), so tests and several apps in a process stay apart.
+
+    `registry` holds what is counted (counters, histograms); `live` the collectors that read current state at
+    each scrape (ledger, cache, replicas, shared state). Under `serve --workers N` (PROMETHEUS_MULTIPROC_DIR set
+    before prometheus_client is imported) every worker's counts go to files there and a scrape of any worker
+    sums them all, a killed worker's too; the live state is the answering worker's.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.live = CollectorRegistry()
+        self._exposed = CollectorRegistry()
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if folder:
+            MultiProcessCollector(self._exposed, path=folder)
+        else:
+            self._exposed.register(self.registry)
+        self._exposed.register(self.live)
         r = self.registry
         self.requests = Counter("tier_requests", "Requests answered (final attempts)", LABELS, registry=r)
         self.attempts = Counter("tier_attempts", "Attempts on a tier, retries and escalations included", LABELS,
@@ -46,7 +62,7 @@ class Metrics:
 
     def watch_ledger(self, health: Callable[[], dict]) -> None:
         """The ledger's state and dead-letter count, read from `health()` at each scrape."""
-        self.registry.register(_LedgerCollector(health))
+        self.live.register(_LedgerCollector(health))
 
     def observe(self, rows: list[LedgerRow]) -> None:
         child = self._child
@@ -78,7 +94,7 @@ class Metrics:
         return child
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 class _LedgerCollector:

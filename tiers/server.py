@@ -24,6 +24,7 @@ from tiers.cache.semantic import SemanticCache
 from tiers.cache.store import Limits
 from tiers.embedding_models import EmbeddingModels
 from tiers.estimates_metrics import EstimatesCollector
+from tiers.ledger.spool import Spool, worker_slots
 from tiers.ledger.store import Ledger
 from tiers.live_config import LiveConfig
 from tiers.metrics import Metrics
@@ -41,21 +42,24 @@ ROUTERS = (openai_chat.router, anthropic_messages.router, openai_completions.rou
 
 
 def create_app(settings: Settings) -> FastAPI:
-    runners = TierRunners(settings.profile)
+    runners = TierRunners(settings.profile, out_of_process=settings.workers > 1)
     embedder_model = (llamacpp_model(settings.cache_embedder_model, runners.get(3))
                       if settings.cache_embedder == "llamacpp" else None)
     cache = SemanticCache(settings.cache_embedder, settings.cache_backend, settings.redis_url,
                           limits=Limits(settings.cache_max_entries, settings.cache_max_bytes),
                           embedder_model=embedder_model)
     config = LiveConfig(settings.routing, runners, settings.reload_interval_s, check=cache.check_table)
-    ledger = Ledger(settings.ledger_database_url(), settings.data_dir / "spool")
+    spool = settings.data_dir / "spool"
+    ledger = Ledger(settings.ledger_database_url(),
+                    Spool.claim(worker_slots(spool, settings.workers)) if settings.workers > 1 else spool,
+                    peers=settings.workers > 1 or settings.redis_url is not None)
     metrics = Metrics()
-    metrics.registry.register(CacheCollector(cache.health))
-    metrics.registry.register(ReplicaCollector(lambda: config.runners))
-    shared = SharedWiring.build(settings.redis_url, config, metrics.registry)  # None without --redis-url
+    metrics.live.register(CacheCollector(cache.health))
+    metrics.live.register(ReplicaCollector(lambda: config.runners))
+    shared = SharedWiring.build(settings.redis_url, config, metrics.live)  # None without --redis-url
     recorder = Recorder(ledger, metrics, shared and shared.state)
     shadow = ShadowScorer(lambda: config.runners, ledger, metrics.registry)
-    metrics.registry.register(EstimatesCollector(ledger, lambda: config.routing))
+    metrics.live.register(EstimatesCollector(ledger, lambda: config.routing))
     access = Access.from_file(settings.keys, shared and shared.limiter)
 
     @asynccontextmanager

@@ -12,7 +12,7 @@ from tiers.routing import DEFAULT_ROUTING
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")  # --workers passes it on as JSON
     host: str = Field(default="127.0.0.1", description="address to bind")
     port: int = Field(default=8080, ge=0, le=65535, description="0 picks a free port")
     profile: str = Field(default="workstation", description="hardware profile name or path")
@@ -41,6 +41,8 @@ class Settings(BaseModel):
                     "of the context by surprise")
     reload_interval_s: float = Field(default=1.0, ge=0,
                                      description="how often to check the routing and profile files; 0 = never")
+    workers: int = Field(default=1, ge=1, le=64, description=(
+        "gateway processes on one port (tiers/workers.py): every tier out of process and redis_url needed"))
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> Settings:

@@ -24,13 +24,26 @@ log = logging.getLogger("tier_runner.tiers")
 
 
 class TierRunners:
-    def __init__(self, profile_ref: str | Path, *, drain_timeout_s: float = 600.0):
+    def __init__(self, profile_ref: str | Path, *, drain_timeout_s: float = 600.0, out_of_process: bool = False):
+        """`out_of_process` (serve --workers N): refuse, at start and on reload, a tier that would run on this
+        machine inside each worker process (llama.cpp, a vLLM server started here)."""
         self.path, self.profile = load_profile(profile_ref)
-        runners = {tier: build_tier_runner(tier, placement, str(self.path), self.profile.devices)
-                   for tier, placement in self.profile.tiers.items()}
+        self.out_of_process = out_of_process
+        runners = {tier: self._build(tier, placement, self.profile) for tier, placement in self.profile.tiers.items()}
         self.supervisor = Supervisor(runners, str(self.path))
         self.drain_timeout_s = drain_timeout_s
-        self._retiring: set[asyncio.Task] = set()
+        self._retiring: dict[asyncio.Task, Runner] = {}
+
+    def _build(self, tier: int, placement: TierPlacement, profile: Profile) -> Runner:
+        runner = build_tier_runner(tier, placement, str(self.path), profile.devices)
+        local = [r for r in runner.supervised() if r.memory_needs()]
+        if self.out_of_process and local:
+            raise ConfigError(
+                f"{self.path}: tiers.{tier} ({runner.kind}: {runner.model_name}) would run on this machine once per "
+                "worker of --workers. Serve it from a gateway of its own (tier-runner serve --profile P --port 9003 "
+                f"with only that tier) and attach it here: runner: vllm, model: 'tier:{tier}', url: "
+                "http://127.0.0.1:9003/v1 (docs/scaling.md); or use --workers 1")
+        return runner
 
     @property
     def name(self) -> str:
@@ -50,9 +63,13 @@ class TierRunners:
         await self.supervisor.start()
 
     async def stop(self) -> None:
-        for task in list(self._retiring):
+        """Stop every runner: the supervised ones and those still draining after a swap (their wait is cut short,
+        their stop is not)."""
+        retiring = dict(self._retiring)
+        for task in retiring:
             task.cancel()
-        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*retiring, return_exceptions=True)
+        await asyncio.gather(*(runner.stop() for runner in retiring.values()), return_exceptions=True)
         await self.supervisor.stop()
 
     async def swap_changed(self) -> list[int]:
@@ -68,7 +85,7 @@ class TierRunners:
         changed = [t for t in sorted(profile.tiers) if profile.tiers[t] != self._serving_placement(t)]
         swapped: list[int] = []
         for tier in changed:
-            fresh = build_tier_runner(tier, profile.tiers[tier], str(self.path), profile.devices)
+            fresh = self._build(tier, profile.tiers[tier], profile)
             old = await self.supervisor.replace(tier, fresh, fresh.startup_timeout_s)
             log.info("tier %s now serves %s (was %s)", tier, fresh.model_name, old.model_name if old else "none")
             swapped.append(tier)
@@ -98,5 +115,5 @@ class TierRunners:
             await runner.stop()
 
         task = asyncio.create_task(drain_then_stop())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = runner
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))

@@ -3,8 +3,8 @@
 Rows go to `current.jsonl`; the writer renames it to `pending-<ns>.jsonl` to load it while new rows go to a
 fresh file. Renaming is only safe when no other process appends to or renames the same files, so the folder
 is locked (flock on `.lock`) for the life of the process: a second gateway on the same folder is refused.
-The lock guards one spool folder, not the data dir, so N processes can share a data dir once each has its
-own spool folder (e.g. `<data_dir>/spool/<worker>`).
+The lock guards one spool folder, not the data dir, so N processes share a data dir with a spool folder each:
+the workers of `serve --workers N` claim `<data_dir>/spool/worker-<i>` (`worker_slots`, `Spool.claim`).
 
 A line that cannot become a ledger row (torn by a crash, corrupt) or that the database refuses is moved to
 `dead-letter.jsonl` with the reason, never retried forever and never dropped silently.
@@ -26,6 +26,12 @@ CURRENT = "current.jsonl"
 DEAD_LETTER = "dead-letter.jsonl"
 
 
+def worker_slots(root: Path, workers: int) -> list[Path]:
+    """The spool folders `serve --workers N` workers claim from: twice N, because uvicorn starts a worker's
+    replacement before it stops the old one (SIGHUP) and may add workers (SIGTTIN)."""
+    return [Path(root) / f"worker-{i}" for i in range(2 * workers)]
+
+
 class Spool:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -36,6 +42,19 @@ class Spool:
         self._file = (self.folder / CURRENT).open("a", encoding="utf-8")
         self.dead_letter_path = self.folder / DEAD_LETTER
         self.dead_letters = _count_lines(self.dead_letter_path)
+
+    @classmethod
+    def claim(cls, folders: list[Path]) -> Spool:
+        """The first of `folders` no other process holds: a worker of `serve --workers N` takes one slot's spool,
+        and the worker that replaces a killed one takes the freed slot and loads what it left."""
+        for folder in folders:
+            try:
+                return cls(folder)
+            except ConfigError:
+                continue
+        raise ConfigError(f"every ledger spool of {Path(folders[0]).parent} is in use ({len(folders)} worker slots): "
+                          "more workers run on this --data-dir than it has slots for; stop some, or give this gateway "
+                          "its own --data-dir")
 
     def _lock(self):
         lock_file = (self.folder / ".lock").open("a+", encoding="utf-8")

@@ -37,6 +37,7 @@ log = logging.getLogger("tier_runner.ledger")
 
 FEEDBACK_OUTCOMES = ("accepted", "corrected", "escalated_to_human", "negative")
 BATCH = 500
+PEER_WAIT_S = 1.5  # a peer's writer loads its spool every 0.2 s; feedback waits this long for its row before 404
 
 
 def make_engine(url: str) -> Engine:
@@ -84,10 +85,14 @@ def reason_of(exc: Exception) -> str:
 
 
 class Ledger:
-    def __init__(self, url: str, spool_dir: Path, *, flush_interval_s: float = 0.2, purge_interval_s: float = 3600):
+    def __init__(self, url: str, spool: Path | Spool, *, flush_interval_s: float = 0.2, purge_interval_s: float = 3600,
+                 peers: bool = False):
+        """`peers`: other processes (workers, replicas) write this database from spools of their own, so a request
+        one of them answered a moment ago may not be in it yet."""
         self.url = url
+        self.peers = peers
         self.engine = make_engine(url)
-        self.spool = Spool(spool_dir)
+        self.spool = spool if isinstance(spool, Spool) else Spool(spool)
         self.flush_interval_s = flush_interval_s
         self.purge_interval_s = purge_interval_s
         self._wake = threading.Event()
@@ -253,17 +258,24 @@ class Ledger:
             raise InvalidRequest(f"outcome must be one of {', '.join(FEEDBACK_OUTCOMES)}", param="outcome")
         self.flush()
         try:
+            deadline = time.monotonic() + (PEER_WAIT_S if self.peers else 0)
+            while not (known := self._known(request_id)) and time.monotonic() < deadline:
+                time.sleep(0.25)  # still in the spool of the peer that answered it
+            if not known:
+                raise NotFound(f"no request {request_id!r} in the ledger; use the x-request-id of a response",
+                               param="request_id")
             with self.engine.begin() as conn:
-                known = conn.execute(select(exists().where(schema.attempts.c.request_id == request_id))).scalar()
-                if not known:
-                    raise NotFound(f"no request {request_id!r} in the ledger; use the x-request-id of a response",
-                                   param="request_id")
                 conn.execute(schema.feedback.insert().values(request_id=request_id, outcome=outcome, note=note,
                                                              ts=time.time()))
         except SQLAlchemyError as exc:
             self.note_unreachable("feedback", exc)
             raise LedgerUnavailable("the ledger database is unavailable, so feedback cannot be recorded now; "
                                     "retry later (GET /ready shows the ledger's state)") from None
+
+    def _known(self, request_id: str) -> bool:
+        """In a transaction of its own: a SQLite read transaction would go on seeing the snapshot it began with."""
+        with self.engine.connect() as conn:
+            return bool(conn.execute(select(exists().where(schema.attempts.c.request_id == request_id))).scalar())
 
     def purge_expired_text(self, now: float | None = None) -> int:
         """Stored prompts and completions are kept only until their retention ends."""
