@@ -8,6 +8,8 @@ after round so that machine noise falls on all of them alike:
   litellm  LiteLLM's proxy (`make litellm-setup`) with a master key, routed to the same upstream
 overhead = path - direct, at p50 and at p99 of all rounds together. Both proxies also say what they
 added themselves: ours in `Server-Timing: gateway;dur=`, LiteLLM in `x-litellm-overhead-duration-ms`.
+Streams: the same paced load with `"stream": true`; the sample is the time to the answer's first byte, and
+the added time is ours (or LiteLLM's) minus direct.
 Part 2. The same paced load on `tier:3` (llama.cpp in process, the real SmolLM2): what the client
 waits, and the Server-Timing split between the gateway and the runner.
 Usage: python benchmarks/gateway_overhead.py [--rate 100] [--requests 300] [--rounds 5] [--skip-litellm]
@@ -59,12 +61,22 @@ def self_reported(headers: httpx.Headers) -> tuple[float | None, float | None]:
     return None, None
 
 
-async def paced(client: httpx.AsyncClient, url: str, model: str, rate: float, n: int) -> list[Sample]:
+async def paced(client: httpx.AsyncClient, url: str, model: str, rate: float, n: int,
+                stream: bool = False) -> list[Sample]:
+    """`n` requests at `rate` a second; each sample is its latency, or with `stream` its time to first byte."""
     samples: list[Sample] = []
-    body = {**BODY, "model": model}
+    body = {**BODY, "model": model, **({"stream": True} if stream else {})}
 
     async def one() -> None:
         t0 = time.perf_counter()
+        if stream:
+            async with client.stream("POST", url, json=body) as response:
+                response.raise_for_status()
+                first = None
+                async for _ in response.aiter_raw():
+                    first = first or time.perf_counter()
+            samples.append(Sample((first - t0) * 1000, None))
+            return
         response = await client.post(url, json=body)
         latency_ms = (time.perf_counter() - t0) * 1000
         response.raise_for_status()
@@ -81,15 +93,16 @@ async def paced(client: httpx.AsyncClient, url: str, model: str, rate: float, n:
     return samples
 
 
-async def measure(paths: dict[str, tuple[str, str]], rate: float, n: int, rounds: int) -> dict[str, list[Sample]]:
+async def measure(paths: dict[str, tuple[str, str]], rate: float, n: int, rounds: int,
+                  stream: bool = False) -> dict[str, list[Sample]]:
     results: dict[str, list[Sample]] = {name: [] for name in paths}
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64),
                                  headers={"authorization": f"Bearer {CLIENT_KEY}"}) as client:
         for name, (url, model) in paths.items():  # warm-up: connections, caches, first-request imports
-            await paced(client, url, model, rate, 50)
+            await paced(client, url, model, rate, 50, stream)
         for _ in range(rounds):
             for name, (url, model) in paths.items():
-                results[name] += await paced(client, url, model, rate, n)
+                results[name] += await paced(client, url, model, rate, n, stream)
                 await asyncio.sleep(2)  # let a proxy's after-response work (logging, spend) end before the next path
     return results
 
@@ -105,7 +118,8 @@ def keys_file(root: Path) -> Path:
     return keys
 
 
-def proxy_overhead(args, root: Path) -> dict[str, list[Sample]]:
+def proxy_overhead(args, root: Path) -> tuple[dict[str, list[Sample]], dict[str, list[Sample]]]:
+    """Part 1 on every path: whole answers, then streams (their time to first byte)."""
     servers: list[ChildProcess] = []
     try:
         stub = start_stub(root)
@@ -132,7 +146,8 @@ tiers:
             servers.append(litellm)
             litellm.wait_ready()
             paths["litellm"] = (f"{litellm.base_url}/v1/chat/completions", MODEL)
-        return asyncio.run(measure(paths, args.rate, args.requests, args.rounds))
+        return (asyncio.run(measure(paths, args.rate, args.requests, args.rounds)),
+                asyncio.run(measure(paths, args.rate, args.requests, args.rounds, stream=True)))
     finally:
         for server in servers:
             server.stop()
@@ -159,7 +174,7 @@ def main() -> None:
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gateway-overhead-"))
 
-    results = proxy_overhead(args, root)
+    results, streams = proxy_overhead(args, root)
     direct = [s.latency_ms for s in results["direct"]]
     print(f"# Gateway overhead: one-token completions paced at {args.rate:.0f} req/s, {args.rounds} rounds x "
           f"{args.requests} requests per path ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
@@ -180,6 +195,18 @@ def main() -> None:
         print()
         print(f"LiteLLM overhead / ours: p50 {overhead['litellm'][0] / overhead['ours'][0]:.1f}x, "
               f"p99 {overhead['litellm'][1] / overhead['ours'][1]:.1f}x")
+
+    print()
+    print(f"## Streams: time to the first byte of the answer, paced at {args.rate:.0f} req/s")
+    print()
+    print("| path | requests | TTFB p50 ms | TTFB p99 ms | added p50 ms | added p99 ms |")
+    print("|---|---|---|---|---|---|")
+    direct_ttfb = [s.latency_ms for s in streams["direct"]]
+    for name, samples in streams.items():
+        ttfb = [s.latency_ms for s in samples]
+        added = "- | -" if name == "direct" else (f"{statistics.median(ttfb) - statistics.median(direct_ttfb):.2f} | "
+                                                  f"{pct(ttfb, 0.99) - pct(direct_ttfb, 0.99):.2f}")
+        print(f"| {name} | {len(samples)} | {p50_p99(ttfb)} | {added} |")
 
     if not args.skip_tier3:
         samples = tier3_overhead(args, root)

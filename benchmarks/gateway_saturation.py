@@ -4,7 +4,9 @@ Every path fronts the same fixed-answer upstream (benchmarks/openai_stub.py):
   direct    the upstream itself
   ours      `model: tier:1` through the hosted runner, with a client key (rate limit and spend cap checked and
             reserved), routing, the ledger row (spool + SQLite), metrics, headers and the request log line
-  baseline  the same, served by the code of another git commit (--baseline REF, a worktree of it), to see a
+  ours x2   the same with `--workers 2` (two gateway processes on one port) and the Redis that workers need for
+            the key's limits; its CPU counts both workers, their parent and Redis
+  baseline  the same as ours, served by the code of another git commit (--baseline REF, a worktree of it), to see a
             change's effect in the same run
   litellm   LiteLLM's proxy (`make litellm-setup`) with a master key, no database
 Requests come from benchmarks/loadgen.py, its own process: --clients connections, each sending the next
@@ -12,7 +14,7 @@ request as soon as its answer is in, for --seconds, two rounds with the paths al
 request = the user + system CPU seconds the server's processes used during the run (from /proc), divided
 by the requests answered. Generator, upstream and server share this machine's cores, so req/s is a floor.
 Usage: python benchmarks/gateway_saturation.py [--clients 16] [--seconds 10] [--rounds 2] [--baseline REF]
-       [--skip-litellm]
+       [--skip-litellm] [--workers 2]
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.gateway_cpu import children, cpu_s  # noqa: E402
 from benchmarks.harness import start_stub, stub_profile  # noqa: E402
-from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402
+from tests.conftest import ChildProcess, RedisServer, ServerProcess, free_port  # noqa: E402
 from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy  # noqa: E402
 from tiers.auth import hash_key  # noqa: E402
 
@@ -47,6 +49,7 @@ class Target:
     url: str
     model: str
     pid: int | None  # the server whose CPU is read (with its children); None for the upstream alone
+    also: tuple[int, ...] = ()  # more processes whose CPU counts (the Redis of the workers)
 
 
 def keys_file(root: Path) -> Path:
@@ -67,7 +70,7 @@ def baseline_server(ref: str, root: Path, profile: Path, keys: Path) -> ChildPro
 
 def closed_loop(path: Target, clients: int, seconds: float) -> dict:
     body = json.dumps({"model": path.model, "messages": PROMPT, "max_tokens": 1, "temperature": 0})
-    pids = (lambda: children(path.pid)) if path.pid else (lambda: [])
+    pids = (lambda: children(path.pid) + list(path.also)) if path.pid else (lambda: [])
     before = cpu_s(pids())
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), path.url, "--body", body,
                           "--header", f"Authorization: Bearer {KEY}", "--clients", str(clients),
@@ -84,6 +87,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", default=None, help="a git commit whose gateway runs beside this one")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--workers", type=int, default=2, help="the `ours xN` path's --workers; 1 leaves it out")
     args = parser.parse_args()
     servers: list[ChildProcess] = []
     results: dict[str, list[dict]] = {}
@@ -103,6 +107,14 @@ def main() -> None:
                 paths.append(Target(f"baseline {args.baseline}", f"{base.base_url}/v1/chat/completions", "tier:1",
                                    base.proc.pid))
             paths.append(Target("ours", f"{ours.base_url}/v1/chat/completions", "tier:1", ours.proc.pid))
+            if args.workers > 1:
+                redis = RedisServer(root)
+                servers.append(redis.start())
+                multi = ServerProcess("--profile", str(profile), "--keys", str(keys), "--workers", str(args.workers),
+                                      "--redis-url", redis.url, log_path=root / "workers.log")
+                servers.append(multi)
+                paths.append(Target(f"ours x{args.workers}", f"{multi.base_url}/v1/chat/completions", "tier:1",
+                                    multi.proc.pid, (redis.proc.pid,)))
             if not args.skip_litellm:
                 if not LITELLM.exists():
                     sys.exit(f"{LITELLM} is missing: run `make litellm-setup`, or pass --skip-litellm")
@@ -110,7 +122,8 @@ def main() -> None:
                 servers.append(litellm)
                 paths.append(Target("litellm", f"{litellm.base_url}/v1/chat/completions", MODEL, litellm.proc.pid))
             for server in servers:
-                server.wait_ready()
+                if isinstance(server, ChildProcess):  # (Redis is ready once started)
+                    server.wait_ready()
             for path in paths:  # warm-up: connections, first-request imports
                 closed_loop(path, args.clients, 2)
             for round_ in range(args.rounds):
