@@ -77,22 +77,24 @@ $(VLLM_MODEL)/config.json: | $(VLLM_STAMP)
 
 vllm-setup: $(VLLM_STAMP) $(VLLM_MODEL)/config.json
 
+# A tool whose pins clash with the project's gets an environment of its own: $(call side_venv,VENV,REQUIREMENT).
+define side_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install --quiet --upgrade pip
+	$(1)/bin/python -m pip install --quiet '$(2)'
+	touch $@
+endef
+
 # About 1 minute and 400 MB; tests/test_anthropic_e2e.py starts it as a subprocess (about 5 s to ready).
 $(LITELLM_STAMP):
-	test -x $(LITELLM_VENV)/bin/python || $(PYTHON) -m venv $(LITELLM_VENV)
-	$(LITELLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LITELLM_VENV)/bin/python -m pip install --quiet 'litellm[proxy]==1.108.7'
-	touch $@
+	$(call side_venv,$(LITELLM_VENV),litellm[proxy]==1.108.7)
 
 litellm-setup: $(LITELLM_STAMP)
 
 # instructor pins jiter below what the main environment's openai SDK needs, so it gets its own environment
 # with the openai SDK it resolves to; tests/test_instructor_e2e.py runs it as a subprocess (about 30 s).
 $(INSTRUCTOR_STAMP):
-	test -x $(INSTRUCTOR_VENV)/bin/python || $(PYTHON) -m venv $(INSTRUCTOR_VENV)
-	$(INSTRUCTOR_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(INSTRUCTOR_VENV)/bin/python -m pip install --quiet 'instructor==1.17.0'
-	touch $@
+	$(call side_venv,$(INSTRUCTOR_VENV),instructor==1.17.0)
 
 instructor-setup: $(INSTRUCTOR_STAMP)
 

@@ -212,6 +212,30 @@ def redis_url(tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """A redis-server of the test module's own, which its tests may stop and start again (an outage)."""
+    server = RedisServer(tmp_path_factory.mktemp("module-redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def strong(tmp_path_factory) -> ServerProcess:
+    """The stand-in frontier API for a hosted Tier 1: Qwen2.5-Coder-0.5B behind a gateway of its own, one per test
+    module (a module's test may stop it)."""
+    root = tmp_path_factory.mktemp("strong")
+    profile = root / "qwen.yaml"
+    profile.write_text("devices: {cpu: {kind: cpu}}\ntiers:\n"
+                       "  3: {runner: llamacpp, device: cpu, model: qwen2.5-coder-0.5b-instruct-q4_k_m, max_batch: 2}\n")
+    proc = ServerProcess("--profile", str(profile), log_path=root / "strong.log")
+    try:
+        proc.wait_ready(timeout=300)
+        yield proc
+    finally:
+        proc.stop()
+
+
 TOOL_PROFILE = """devices: {cpu: {kind: cpu}}
 tiers:
   3: {runner: llamacpp, device: cpu, model: qwen2.5-coder-0.5b-instruct-q4_k_m, max_batch: 4}

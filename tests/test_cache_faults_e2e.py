@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import RedisServer, ServerProcess
+from tests.conftest import ServerProcess
 from tiers.auth import hash_key
 
 ROUTING = """features:
@@ -39,13 +39,6 @@ keys:
   - {{id: tenant-a, sha256: {hash_key(TENANT_A)}, features: ["*"]}}
   - {{id: tenant-b, sha256: {hash_key(TENANT_B)}, features: ["*"]}}
 """
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis-faults")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -49,21 +49,6 @@ tiers:
 """
 
 
-@pytest.fixture(scope="module")
-def strong(tmp_path_factory):
-    """The stand-in frontier API: Qwen2.5-Coder-0.5B behind its own OpenAI-compatible server."""
-    root = tmp_path_factory.mktemp("strong")
-    profile = root / "qwen.yaml"
-    profile.write_text("devices: {cpu: {kind: cpu}}\ntiers:\n"
-                       "  3: {runner: llamacpp, device: cpu, model: qwen2.5-coder-0.5b-instruct-q4_k_m, max_batch: 2}\n")
-    proc = ServerProcess("--profile", str(profile), log_path=root / "strong.log")
-    try:
-        proc.wait_ready(timeout=300)
-        yield proc
-    finally:
-        proc.stop()
-
-
 def start_gateway(root, tier1_url: str) -> tuple[ServerProcess, object]:
     routing = root / "routing.yaml"
     routing.write_text(routing_yaml())

@@ -49,18 +49,6 @@ features:
 
 
 @pytest.fixture(scope="module")
-def strong(tmp_path_factory):
-    root = tmp_path_factory.mktemp("strong")
-    profile = root / "qwen.yaml"
-    profile.write_text("devices: {cpu: {kind: cpu}}\ntiers:\n"
-                       "  3: {runner: llamacpp, device: cpu, model: qwen2.5-coder-0.5b-instruct-q4_k_m, max_batch: 2}\n")
-    proc = ServerProcess("--profile", str(profile), log_path=root / "strong.log")
-    proc.wait_ready(timeout=300)
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture(scope="module")
 def gateway(strong, tmp_path_factory):
     root = tmp_path_factory.mktemp("gateway")
     (root / "routing.yaml").write_text(ROUTING)

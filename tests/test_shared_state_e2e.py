@@ -15,7 +15,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import RedisServer, ServerProcess, new_database
+from tests.conftest import ServerProcess, new_database
 from tiers.auth import hash_key
 
 PROFILE = """devices: {cpu: {kind: cpu}}
@@ -38,13 +38,6 @@ keys:
       on_redis_outage: fail_closed}}
 """
 MAX_TOKENS = 4  # at $1000 per million completion tokens: a request reserves, and costs at most, $0.004
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("shared-redis")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
