@@ -29,10 +29,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the same subprocess helpers the tests use)
 from benchmarks.harness import pct  # noqa: E402
+from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the tests' subprocess helpers)
 from native_llama_server import binary as native_binary  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402

@@ -36,8 +36,7 @@ class TierRunners:
 
     def _build(self, tier: int, placement: TierPlacement, profile: Profile) -> Runner:
         runner = build_tier_runner(tier, placement, str(self.path), profile.devices)
-        local = [r for r in runner.supervised() if r.memory_needs()]
-        if self.out_of_process and local:
+        if self.out_of_process and any(r.memory_needs() for r in runner.supervised()):  # (reads the model's header)
             raise ConfigError(
                 f"{self.path}: tiers.{tier} ({runner.kind}: {runner.model_name}) would run on this machine once per "
                 "worker of --workers. Serve it from a gateway of its own (tier-runner serve --profile P --port 9003 "
