@@ -5,7 +5,8 @@ Faults: `Fault.status(429, retry_after=2)`, `Fault.status(500)`, `Fault.stall(5)
 `Fault.no_done()` (forward the stream but end it cleanly without its `[DONE]` line),
 `Fault.empty_stream()` (a 200 event stream that is only `[DONE]`), and
 `Fault.echo_key()` (a 401 whose message repeats the key the client sent, as some providers do).
-With no fault planned, the request passes through untouched.
+With no fault planned, the request passes through untouched. Health probes (`/health`, `/v1/models`)
+always pass and take no planned fault, so a runner's background check cannot steal a test's fault.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.conftest import free_port
+
+PROBES = frozenset({"/health", "/v1/models"})
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ class FaultProxy:
 
     async def _handle(self, request: Request) -> Response:
         body = await request.body()
-        fault = self.plan.pop(0) if self.plan else Fault("pass")
+        probe = request.url.path in PROBES  # a runner's own health checks never take a planned fault
+        fault = self.plan.pop(0) if self.plan and not probe else Fault("pass")
         self.seen.append(Seen(time.monotonic(), request.url.path, dict(request.headers), fault.kind))
         if fault.kind == "status":
             headers = {"retry-after": f"{fault.retry_after:g}"} if fault.retry_after is not None else {}
