@@ -12,12 +12,13 @@ from fastapi.responses import Response
 from runners.wire import anthropic_ingress
 from runners.wire.anthropic_protocol import AnthropicError, CountTokensRequest, Message, MessagesRequest, TokenCount
 from tiers.api.deps import Client
+from tiers.api.direct_route import DirectRoute
 from tiers.api.errors import register_shape
 from tiers.api.sse import log_fields, sse_response
 from tiers.serving.counting import count_tokens
 from tiers.serving.records import Call
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 ERRORS = {status: {"model": AnthropicError} for status in (400, 401, 403, 404, 413, 429, 503)}
 register_shape("/v1/messages", lambda error: anthropic_ingress.error_body(error.status, error.message))
 

@@ -13,12 +13,16 @@ from fastapi import Depends, Header, Request
 from tiers.auth import ClientKey
 
 
-async def bearer(authorization: Annotated[str | None, Header()] = None,
-                 x_api_key: Annotated[str | None, Header()] = None) -> str | None:
+def secret_of(authorization: str | None, x_api_key: str | None) -> str | None:
     """The caller's secret from `Authorization: Bearer` (OpenAI SDKs) or `x-api-key` (Anthropic SDKs)."""
     if authorization and authorization.lower().startswith("bearer "):
         return authorization[7:].strip()
     return x_api_key
+
+
+async def bearer(authorization: Annotated[str | None, Header()] = None,
+                 x_api_key: Annotated[str | None, Header()] = None) -> str | None:
+    return secret_of(authorization, x_api_key)
 
 
 async def client_key(request: Request, secret: str | None = Depends(bearer)) -> ClientKey | None:

@@ -10,9 +10,10 @@ from fastapi.responses import Response
 from runners.wire import openai_embeddings as wire
 from runners.wire.openai_chat_protocol import ErrorResponse
 from tiers.api.deps import Client
+from tiers.api.direct_route import DirectRoute
 from tiers.serving.records import Call, Summary
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 503)}
 
 

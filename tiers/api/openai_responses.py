@@ -14,10 +14,11 @@ from runners.wire.openai_chat_protocol import ErrorResponse
 from runners.wire.openai_responses_protocol import Response as ResponseObject, ResponsesRequest
 from runners.wire.openai_responses_stream import EventWriter
 from tiers.api.deps import Client
+from tiers.api.direct_route import DirectRoute
 from tiers.api.sse import log_fields, sse_response
 from tiers.serving.records import Call
 
-router = APIRouter()
+router = APIRouter(route_class=DirectRoute)
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 503)}
 
 
