@@ -241,8 +241,11 @@ class HostedRunner(Runner):
             if headers.get("retry-after-ms"):
                 wait = (retry_after_s(headers["retry-after-ms"]) or 0) / 1000
             raise _Retryable(f"HTTP {status}: {message}", wait)
-        if status in (400, 404, 413, 422):
+        if status in (400, 413, 422):
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
+        if status == 404:  # the profile's model or base_url, not the client's request
+            raise RunnerFailed(f"{self.where} has no such model or route (HTTP 404): {message}; check the tier's "
+                               f"`model` and `base_url` in the profile")
         if status in (401, 403):
             raise RunnerFailed(f"{self.where} refused the API key from {self.options.api_key_env} (HTTP {status}): "
                                f"{message}; check the key and its permissions")

@@ -127,8 +127,11 @@ class OpenAIEndpoint:
         if response.status < 400:
             return
         message = error_message((await response.read()).decode("utf-8", "replace"))
-        if response.status in (400, 404, 422):
+        if response.status in (400, 422):
             raise InvalidRequest(f"{self.where} rejected the request: {message}")
+        if response.status == 404:  # the profile's model or url: the client cannot fix it, another replica may serve
+            raise RunnerFailed(f"{self.where} has no such model or route (HTTP 404): {message}; check the tier's "
+                               f"`model` and `url` in the profile")
         raise RunnerFailed(f"{self.where} answered HTTP {response.status}: {message}")
 
     def _post(self, path: str, payload: dict):
