@@ -31,7 +31,7 @@ from runners.base import Runner, RunnerStatus, register_runner
 from runners.capabilities import Capabilities
 from runners import http_pool
 from runners.hosted_wire import AnthropicWire, HostedOptions, OpenAIWire
-from runners.openai_http import error_message
+from runners.openai_http import error_message, status_error
 from runners.request import Request
 from runners.resilience import CircuitBreaker, RetryPolicy, retry_after_s
 
@@ -241,15 +241,10 @@ class HostedRunner(Runner):
             if headers.get("retry-after-ms"):
                 wait = (retry_after_s(headers["retry-after-ms"]) or 0) / 1000
             raise _Retryable(f"HTTP {status}: {message}", wait)
-        if status in (400, 413, 422):
-            raise InvalidRequest(f"{self.where} rejected the request: {message}")
-        if status == 404:  # the profile's model or base_url, not the client's request
-            raise RunnerFailed(f"{self.where} has no such model or route (HTTP 404): {message}; check the tier's "
-                               f"`model` and `base_url` in the profile")
         if status in (401, 403):
             raise RunnerFailed(f"{self.where} refused the API key from {self.options.api_key_env} (HTTP {status}): "
                                f"{message}; check the key and its permissions")
-        raise RunnerFailed(f"{self.where} answered HTTP {status}: {message}")
+        raise status_error(status, message, self.where, "base_url")
 
 
 class HostedOpenAIRunner(HostedRunner):

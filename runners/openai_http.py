@@ -2,7 +2,7 @@
 
 The JSON itself is `runners/wire/openai_chat.py`'s; this module adds the transport:
 - `OpenAIStream`: SSE lines in, internal deltas out, `[DONE]` and mid-stream error events included.
-- `error_message`: the message of an error body, whichever shape the server uses.
+- `error_message`: the message of an error body, whichever shape the server uses; `status_error`: what its status means.
 - `OpenAIEndpoint`: one pooled HTTP session per endpoint (runners/http_pool.py); hosted APIs add retries of their own.
   Transport failures and error statuses become the product's named exceptions; the message names the
   tier and the fix, and never contains a key.
@@ -48,6 +48,18 @@ def error_message(body: str) -> str:
     except ValueError:
         message = None
     return body[:200] if message is None else message
+
+
+def status_error(status: int, message: str, where: str, url_key: str) -> InvalidRequest | RunnerFailed:
+    """An upstream's error status as ours. A request the upstream refused (400, 413, 422) is the client's 400,
+    and a pool does not hold it against the replica. A 404 is the profile's `model` or `url_key`, which the
+    client cannot fix and another replica may serve; anything else is the tier failing (502)."""
+    if status in (400, 413, 422):
+        return InvalidRequest(f"{where} rejected the request: {message}")
+    if status == 404:
+        return RunnerFailed(f"{where} has no such model or route (HTTP 404): {message}; check the tier's "
+                            f"`model` and `{url_key}` in the profile")
+    return RunnerFailed(f"{where} answered HTTP {status}: {message}")
 
 
 def _message_of(data: Any) -> str | None:
@@ -124,15 +136,9 @@ class OpenAIEndpoint:
             return False
 
     async def raise_for_status(self, response: aiohttp.ClientResponse) -> None:
-        if response.status < 400:
-            return
-        message = error_message((await response.read()).decode("utf-8", "replace"))
-        if response.status in (400, 422):
-            raise InvalidRequest(f"{self.where} rejected the request: {message}")
-        if response.status == 404:  # the profile's model or url: the client cannot fix it, another replica may serve
-            raise RunnerFailed(f"{self.where} has no such model or route (HTTP 404): {message}; check the tier's "
-                               f"`model` and `url` in the profile")
-        raise RunnerFailed(f"{self.where} answered HTTP {response.status}: {message}")
+        if response.status >= 400:
+            message = error_message((await response.read()).decode("utf-8", "replace"))
+            raise status_error(response.status, message, self.where, "url")
 
     def _post(self, path: str, payload: dict):
         """`path` under the API root, or a whole URL (vLLM's /tokenize lives beside /v1, not under it)."""

@@ -1,4 +1,5 @@
 """An upstream's 404 means the profile names a model or route it does not serve: never the client's 400.
+A 413 is the client's: a 400, and the replica is not held to blame.
 
 A Tier 2 pool of two replicas of the session's gateway (SmolLM2 as `tier:3`, attached by `url`), replica `a`
 behind the fault-injecting proxy answering 404: every request is served by `b`, and `a` is ejected. A hosted
@@ -48,6 +49,19 @@ def gateway(proxy, server, tmp_path_factory):
 def ask(gateway, model: str) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 3, "temperature": 0}
     return httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=60)
+
+
+def test_a_replica_refusing_the_request_as_too_large_is_the_clients_400_and_not_ejected(gateway, proxy):
+    """A 413 is the request's fault on every replica: the client hears it, and the replica keeps serving.
+    Runs before the 404 test, which ejects replica a for the rest of the module."""
+    proxy.plan[:] = [Fault.status(413)]
+    answers = [ask(gateway, "tier:2") for _ in range(4)]
+    refused = [a for a in answers if a.status_code != 200]
+    assert len(refused) == 1 and refused[0].status_code == 400, [(a.status_code, a.text) for a in answers]
+    assert "rejected the request" in refused[0].json()["error"]["message"]
+    replicas = {r["name"]: r for r in httpx.get(f"{gateway.base_url}/ready").json()["tiers"]["2"]["replicas"]}
+    assert replicas["a"]["state"] == "ready", replicas["a"]
+    proxy.plan.clear()
 
 
 def test_a_replica_answering_404_is_skipped_and_ejected_not_the_clients_fault(gateway, proxy):
