@@ -26,7 +26,7 @@ GOOD = {"model": "tier:3", "messages": [{"role": "user", "content": "hi"}], "max
 
 
 async def echo(body: ChatCompletionRequest, request: Request, key: Client,
-               x_feature: Annotated[str | None, Header()] = None):
+               x_feature: Annotated[str | None, Header()] = None) -> JSONResponse:
     return JSONResponse({"model": body.model, "max_tokens": body.max_tokens, "key": key and key.id,
                          "feature": x_feature})
 
@@ -92,8 +92,17 @@ def test_the_good_request_reaches_the_endpoint_with_its_arguments(base_url):
 
 
 def test_an_endpoint_with_other_arguments_is_refused_when_routed():
-    async def other(body: ChatCompletionRequest, request: Request):
+    async def other(body: ChatCompletionRequest, request: Request) -> JSONResponse:
         return JSONResponse({})
 
     with pytest.raises(TypeError, match="must take exactly"):
         APIRouter(route_class=DirectRoute).post("/other")(other)
+
+
+def test_an_endpoint_not_returning_a_response_is_refused_when_routed():
+    async def unannotated(body: ChatCompletionRequest, request: Request, key: Client,
+                          x_feature: Annotated[str | None, Header()] = None):
+        return {"model": body.model}  # APIRoute would encode this; DirectRoute would send it as it is
+
+    with pytest.raises(TypeError, match="must be annotated `-> Response`"):
+        APIRouter(route_class=DirectRoute).post("/unannotated")(unannotated)

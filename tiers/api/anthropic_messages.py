@@ -29,7 +29,7 @@ def _event(name: str, data: dict) -> str:
 
 @router.post("/v1/messages", response_model=Message, responses=ERRORS)
 async def messages(body: MessagesRequest, request: Request, key: Client,
-                   x_feature: Annotated[str | None, Header()] = None):
+                   x_feature: Annotated[str | None, Header()] = None) -> Response:
     internal = anthropic_ingress.to_request(body)
     call = Call(request.state.request_id, "messages", body.model, x_feature, key)
     reply = await request.app.state.service.handle(call, internal)
@@ -46,7 +46,7 @@ async def messages(body: MessagesRequest, request: Request, key: Client,
 
 @router.post("/v1/messages/count_tokens", response_model=TokenCount, responses=ERRORS)
 async def messages_count_tokens(body: CountTokensRequest, request: Request, key: Client,
-                                x_feature: Annotated[str | None, Header()] = None):
+                                x_feature: Annotated[str | None, Header()] = None) -> Response:
     call = Call(request.state.request_id, "messages", body.model, x_feature, key)
     counted = await count_tokens(request.app.state.service, call, anthropic_ingress.count_request(body))
     headers = {"x-tier": str(counted.tier), "x-model": counted.model,

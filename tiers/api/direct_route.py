@@ -73,13 +73,19 @@ def solved(model: type[BaseModel], raw: bytes, content_type: str | None,
 
 
 class DirectRoute(APIRoute):
-    """An APIRoute whose handler calls the endpoint with (body, request, key, x_feature) filled in directly."""
+    """An APIRoute whose handler calls the endpoint with (body, request, key, x_feature) filled in directly, and
+    sends the Response it returns."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint = self.endpoint
         if tuple(inspect.signature(endpoint).parameters) != ARGUMENTS:
             raise TypeError(f"{endpoint.__name__} must take exactly {ARGUMENTS} to be served by DirectRoute")
-        model = get_type_hints(endpoint)["body"]
+        hints = get_type_hints(endpoint)
+        returns = hints.get("return")
+        if not (isinstance(returns, type) and issubclass(returns, Response)):
+            raise TypeError(f"{endpoint.__name__} must be annotated `-> Response` to be served by DirectRoute: "
+                            "its result is sent as it is, with no response model to encode it")
+        model = hints["body"]
 
         async def handler(request: Request) -> Response:
             headers = request.headers

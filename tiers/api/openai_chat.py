@@ -20,7 +20,7 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 41
 
 @router.post("/v1/chat/completions", response_model=ChatCompletion, responses=ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request, key: Client,
-                           x_feature: Annotated[str | None, Header()] = None):
+                           x_feature: Annotated[str | None, Header()] = None) -> Response:
     internal = openai_chat.to_request(body)
     call = Call(request.state.request_id, "chat", body.model, x_feature, key)
     reply = await request.app.state.service.handle(call, internal)

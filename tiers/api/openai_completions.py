@@ -22,7 +22,7 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 41
 
 @router.post("/v1/completions", response_model=Completion, responses=ERRORS)
 async def completions(body: CompletionRequest, request: Request, key: Client,
-                      x_feature: Annotated[str | None, Header()] = None):
+                      x_feature: Annotated[str | None, Header()] = None) -> Response:
     internals = openai_completions.to_requests(body)
     call = Call(request.state.request_id, "completions", body.model, x_feature, key)
     service = request.app.state.service

@@ -19,7 +19,7 @@ ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 41
 
 @router.post("/v1/embeddings", response_model=wire.EmbeddingList, responses=ERRORS)
 async def embeddings(body: wire.EmbeddingsRequest, request: Request, key: Client,
-                     x_feature: Annotated[str | None, Header()] = None):
+                     x_feature: Annotated[str | None, Header()] = None) -> Response:
     call = Call(request.state.request_id, "embeddings", body.model, x_feature, key)
     summary = Summary()
     try:

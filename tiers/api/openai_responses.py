@@ -28,7 +28,7 @@ def _event(name: str, data: dict) -> str:
 
 @router.post("/v1/responses", response_model=ResponseObject, responses=ERRORS)
 async def responses(body: ResponsesRequest, request: Request, key: Client,
-                    x_feature: Annotated[str | None, Header()] = None):
+                    x_feature: Annotated[str | None, Header()] = None) -> Response:
     internal = openai_responses.to_request(body)
     call = Call(request.state.request_id, "responses", body.model, x_feature, key)
     reply = await request.app.state.service.handle(call, internal)
