@@ -147,7 +147,9 @@ class PoolRunner(Runner):
             return f"ejected, {self._books[member.replica].breaker.describe()}"
         return f"{status.state}" + (f" ({status.detail})" if status.detail else "")
 
-    def _pick(self, tried: list[Runner], errors: list[tuple[str, Exception]]) -> Runner:
+    def _pick(self, tried: list[Runner], errors: list[tuple[str, Exception]], *, answering: bool = True) -> Runner:
+        """The replica to try next. Only an answer counts in its `requests` (on /ready and the metrics, beside the
+        ledger's rows); a token count still moves the balance."""
         order = {m.replica: i for i, m in enumerate(self.members)}
         candidates = [m for m in self.members if m not in tried and self._admitted(m)]
         if not candidates:
@@ -158,7 +160,7 @@ class PoolRunner(Runner):
         mine = book[chosen.replica]
         mine.breaker.allow()  # claims the probe when half-open
         mine.passes += 1 / mine.weight
-        mine.requests += 1
+        mine.requests += answering
         return chosen
 
     def _exhausted(self, errors: list[tuple[str, Exception]]) -> Exception:
@@ -246,7 +248,7 @@ class PoolRunner(Runner):
 
     async def count_tokens(self, request: Request) -> int | None:
         """Counted by one replica; like an answer, it settles the probe it may have claimed on a half-open one."""
-        member = self._pick([], [])
+        member = self._pick([], [], answering=False)
         try:
             counted = await member.count_tokens(request)
         except BaseException:

@@ -156,6 +156,20 @@ def test_counting_tokens_on_a_half_open_replica_settles_its_probe():
     assert state == "ready" and "a" in served
 
 
+def test_only_answers_count_as_a_replicas_requests():
+    """/ready's and the metrics' `requests` per replica sit beside the ledger's rows: a token count is not one."""
+    async def go():
+        runner, _ = pool(1, 1)
+        await runner.start()
+        await runner.complete(REQUEST)
+        async for _ in runner.stream(REQUEST):
+            pass
+        await runner.count_tokens(REQUEST)
+        return [r["requests"] for r in runner.replicas()]
+
+    assert sum(run(go())) == 2
+
+
 def test_a_replica_that_gets_ready_again_is_readmitted_at_once():
     async def go():
         runner, (a, b) = pool(1, 1, after_failures=1, cooldown_s=60)
