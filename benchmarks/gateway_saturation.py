@@ -2,6 +2,8 @@
 
 Every path fronts the same fixed-answer upstream (benchmarks/openai_stub.py):
   direct    the upstream itself
+  floor     a bare ASGI app on uvicorn forwarding with aiohttp (benchmarks/floor_proxy.py): what the HTTP server
+            and the upstream client alone cost, the part of ours no change to our code can remove
   ours      `model: tier:1` through the hosted runner, with a client key (rate limit and spend cap checked and
             reserved), routing, the ledger row (spool + SQLite), metrics, headers and the request log line
   ours x2   the same with `--workers 2` (two gateway processes on one port) and the Redis that workers need for
@@ -101,6 +103,12 @@ def main() -> None:
             ours = ServerProcess("--profile", str(profile), "--keys", str(keys), log_path=root / "ours.log")
             servers.append(ours)
             paths = [Target("direct", f"{upstream}/chat/completions", "stub", None)]
+            port = free_port()
+            floor = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), str(port), upstream],
+                                 port=port, log_path=root / "floor.log")
+            servers.append(floor)
+            paths.append(Target("floor (uvicorn + aiohttp)", f"{floor.base_url}/v1/chat/completions", "stub",
+                                floor.proc.pid))
             if args.baseline:
                 base = baseline_server(args.baseline, root, profile, keys)
                 servers.append(base)
