@@ -22,8 +22,9 @@ def make_app(upstream: str):
 
     async def app(scope, receive, send) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.startup: nothing to start, the session is made on first use
+            await send({"type": "lifespan.startup.complete"})
+            await receive()  # lifespan.shutdown
             if session:
                 await session[0].close()
             await send({"type": "lifespan.shutdown.complete"})

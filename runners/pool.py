@@ -160,7 +160,8 @@ class PoolRunner(Runner):
         mine = book[chosen.replica]
         mine.breaker.allow()  # claims the probe when half-open
         mine.passes += 1 / mine.weight
-        mine.requests += answering
+        if answering:
+            mine.requests += 1
         return chosen
 
     def _exhausted(self, errors: list[tuple[str, Exception]]) -> Exception:
