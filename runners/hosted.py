@@ -11,6 +11,7 @@ the feature's declared fallback instead of waiting on a broken upstream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -46,6 +47,14 @@ class _Retryable(Exception):
         self.why, self.retry_after = why, retry_after
 
 
+@functools.lru_cache(maxsize=256)
+def _where(tier: int, model: str, base_url: str) -> str:
+    """How messages name a hosted tier: host and port only, so a user:password@ in the URL stays out of them.
+    Cached: every request passes it to the capability check, and urlsplit is not free."""
+    url = urlsplit(base_url)
+    return f"tier {tier} ({model} at {url.hostname}{f':{url.port}' if url.port else ''})"
+
+
 @register_runner
 class HostedRunner(Runner):
     """One class per provider (`variant`), so each declares its capabilities as class attributes."""
@@ -66,8 +75,7 @@ class HostedRunner(Runner):
 
     @property
     def where(self) -> str:
-        url = urlsplit(self.base_url)  # host and port only: a user:password@ in the URL stays out of messages
-        return f"tier {self.tier} ({self.model_name} at {url.hostname}{f':{url.port}' if url.port else ''})"
+        return _where(self.tier, self.model_name, self.base_url)
 
     async def start(self) -> None:
         """Read the base URL override and the key from the environment; a missing key is `not_configured`."""
@@ -104,6 +112,10 @@ class HostedRunner(Runner):
             state = "failed" if self.breaker.state() == "open" else "ready"
             return status.model_copy(update={"state": state, "detail": self.breaker.describe()})
         return status
+
+    def serving(self) -> bool:
+        """`status().state == "ready"` without building the status: asked on every request's dispatch."""
+        return self.lifecycle.state == "ready" and (not hasattr(self, "breaker") or self.breaker.state() != "open")
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._key])

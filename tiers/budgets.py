@@ -14,6 +14,7 @@ prompt underestimates of the requests in flight add, never by a burst that passe
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -35,11 +36,18 @@ from tiers.routing import Budget, Route
 log = logging.getLogger("tier_runner.budgets")
 
 Key = tuple[str, str, str]  # (ledger column, value, period)
+DAY_S = 86400
 
 
 def period_start(period: str, now: float | None = None) -> float:
     """Start of the current UTC day, ISO week (Monday) or month."""
-    today = dt.datetime.fromtimestamp(now or time.time(), dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return _start_of(period, int((now or time.time()) // DAY_S))
+
+
+@functools.lru_cache(maxsize=64)
+def _start_of(period: str, day: int) -> float:
+    """Per UTC day number (POSIX days are 86,400 s each): a request asks once per limit, a datetime each time."""
+    today = dt.datetime.fromtimestamp(day * DAY_S, dt.UTC)
     if period == "week":
         today -= dt.timedelta(days=today.weekday())
     elif period == "month":

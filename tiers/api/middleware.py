@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runners.answer import new_id
 from tiers.api.errors import ApiError, error_json
 
 access_log = logging.getLogger("tier_runner.requests")
@@ -32,7 +32,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = f"req_{uuid.uuid4().hex}"
+        request_id = f"req_{new_id()}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         started = time.perf_counter()

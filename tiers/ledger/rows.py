@@ -12,12 +12,12 @@ import hashlib
 import json
 import math
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, model_validator
 
 from hardware.errors import TierRunnerError
+from runners.answer import new_id
 from tiers.ledger import schema
 
 Api = Literal["chat", "messages", "responses", "completions", "embeddings"]
@@ -114,7 +114,7 @@ assert len(_TEXT) + len(_INTEGERS) + len(_FLOATS) + len(_fields_of(bool)) + 1 ==
 
 
 def new_attempt_id() -> str:
-    return f"att_{uuid.uuid4().hex}"
+    return f"att_{new_id()}"
 
 
 def error_row(request_id: str, route: str, feature: str | None, declared_tier: int | None,
