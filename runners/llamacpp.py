@@ -41,6 +41,9 @@ class LlamaCppOptions(BaseModel):
     kv_unified: bool = Field(default=True, description=(
         "one KV cache shared by all sequences (fastest). false: one per sequence, so a request's tokens do not "
         "depend on what else is in the batch (same seed, same text), at a throughput cost"))
+    prompt_cache_mib: int = Field(default=256, ge=0, le=1048576, description=(
+        "host memory (MiB) for the KV of prompt prefixes no slot holds any more, restored when a prompt starts "
+        "the same; 0 turns it off"))
 
     def thread_count(self) -> int:
         return len(os.sched_getaffinity(0)) if self.threads == "auto" else self.threads
@@ -62,9 +65,11 @@ class LlamaCppRunner(Runner):
         return resolve_model_file(self.model_name, load_catalog())
 
     def memory_need(self) -> Need:
-        """The GGUF file, an f16 KV cache of n_ctx tokens for each of max_batch sequences, and compute buffers."""
+        """The GGUF file, an f16 KV cache of n_ctx tokens for each of max_batch sequences, the prompt cache's
+        host memory at most, and compute buffers."""
         size, layers, kv_heads, head_dim = gguf_shape(self.model_file())
         kv = kv_bytes_per_token(layers, kv_heads, head_dim) * self.options.n_ctx * self.options.max_batch
+        kv += self.options.prompt_cache_mib << 20
         return Need(self.tier, self.placement.device or "cpu", self.device or Device(kind="cpu"), size, kv, LLAMA_OVERHEAD)
 
     async def start(self) -> None:
@@ -73,7 +78,7 @@ class LlamaCppRunner(Runner):
             opts = self.options
             engine_options = EngineOptions(
                 threads=opts.thread_count(), n_ctx=opts.n_ctx, max_batch=opts.max_batch, n_batch=opts.n_batch,
-                max_queue=opts.max_queue, kv_unified=opts.kv_unified,
+                max_queue=opts.max_queue, kv_unified=opts.kv_unified, prompt_cache_mib=opts.prompt_cache_mib,
             )
             model = await asyncio.to_thread(self.model_file)  # a first use joins and hashes the file: not on the loop
             self.engine = LlamaEngine(model, engine_options)

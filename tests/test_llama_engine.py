@@ -170,6 +170,66 @@ async def test_a_full_kv_cache_delays_sequences_instead_of_killing_the_tier():
         engine.close()
 
 
+# -- the host-memory prompt cache -----------------------------------------------------------------
+async def _a_b_a(engine: LlamaEngine) -> tuple[str, str, int, int]:
+    """Prompt A, then B (which takes A's only slot), then A again: A's two answers and the tokens the third
+    request did not have to prefill."""
+    a = chat(engine, "Name three colours of the rainbow, please, in one short line.")
+    b = chat(engine, "What is the capital city of France? Answer in a word.")
+    params = SamplingParams(temperature=0, max_tokens=12)
+    first, _, _ = await run(engine, a, params)
+    await run(engine, b, params)
+    before = engine.stats["reused"]
+    again, _, _ = await run(engine, a, params)
+    return first, again, engine.stats["reused"] - before, len(a)
+
+
+async def test_a_prompt_whose_slot_was_taken_comes_back_from_host_memory_with_the_same_answer():
+    """One slot, so B's prefill cuts A's KV down to the chat template both share. The cut part was saved to
+    host memory first: A's second run restores it and prefills only its last token, and greedy decoding from
+    the restored KV gives the same answer. With the cache off the slot only keeps the shared template."""
+    on = started(max_batch=1)
+    try:
+        first, again, reused, length = await _a_b_a(on)
+        assert first and again == first
+        assert reused == length - 1, (reused, length)
+        assert on.stats["restored"] == 1
+    finally:
+        on.close()
+    off = started(max_batch=1, prompt_cache_mib=0)
+    try:
+        first, again, reused, length = await _a_b_a(off)
+        assert again == first
+        assert reused < length - 8 and off.stats["restored"] == 0, (reused, length)
+    finally:
+        off.close()
+
+
+async def test_a_saved_prefix_that_no_longer_fits_the_kv_cache_is_prefilled_instead():
+    """A KV cache of 256 cells: a long generation fills it while a short prompt's prefix waits in host memory.
+    Restoring that finds no room; the request is prefilled instead (waiting for room) and answers as before."""
+    engine = started(n_ctx=256, max_batch=2, kv_size=256)
+    try:
+        a = chat(engine, "Name three colours of the rainbow, please, in one short line.")
+        b = chat(engine, "What is the capital city of France? Answer in a word.")
+        params = SamplingParams(temperature=0, max_tokens=12)
+        expected, _, _ = await run(engine, a, params)
+        await asyncio.gather(run(engine, b, params), run(engine, b, params))  # both slots taken: A's prefix saved
+        long_prompt = chat(engine, "Count from one to one hundred.")
+        before = engine.stats["steps"]  # from here each decode step is one token of the long generation
+        hogging = asyncio.ensure_future(run(engine, long_prompt, SamplingParams(temperature=0, max_tokens=215,
+                                                                               min_tokens=215)))
+        while len(long_prompt) + engine.stats["steps"] - before < 256 - len(a) // 2:  # too few cells left for A
+            await asyncio.sleep(0.02)
+        text, _, finished = await run(engine, a, params)
+        await hogging
+        assert engine.stats["restore_refused"] >= 1, engine.stats
+        assert text == expected and finished.completion_tokens >= 1
+        assert engine.failure is None
+    finally:
+        engine.close()
+
+
 # -- text out -------------------------------------------------------------------------------------
 def test_end_of_turn_flushes_a_character_cut_short(engine):
     """The model never ends mid-character on its own, so feed text-out the real vocab's tokens of an emoji

@@ -23,6 +23,7 @@ import numpy as np
 from hardware.errors import ConfigError
 from runners.errors import ContextLengthExceeded, InvalidRequest, RunnerFailed, TierUnavailable
 from runners.llama import sampling
+from runners.llama.prompt_cache import PromptCache
 from runners.llama.scheduler import Scheduler
 from runners.llama.slots import Slots
 from runners.llama.types import EngineOptions, Finished, QueueFull, Request, SamplingParams
@@ -47,7 +48,11 @@ class LlamaEngine:
 
     @property
     def stats(self) -> dict:
-        return self.scheduler.stats
+        """The scheduler's counters, and how many prefixes the host-memory prompt cache restored, or could not
+        for want of room in the KV cache."""
+        cache = getattr(getattr(self.scheduler, "slots", None), "cache", None)
+        return {**self.scheduler.stats, "restored": cache.restored if cache else 0,
+                "restore_refused": cache.refused if cache else 0}
 
     @property
     def failure(self) -> str | None:
@@ -81,15 +86,16 @@ class LlamaEngine:
                        wait_s)
             return
         st = self.stats
-        _log.info("llama engine: %d steps, %d tokens decoded, %d prompt tokens reused from cache, %d KV-full retries, "
-                  "decode %.2f s, step %.2f s", st["steps"], st["tokens"], st["reused"], st["kv_full"],
-                  st["decode_s"], st["step_s"])
+        _log.info("llama engine: %d steps, %d tokens decoded, %d prompt tokens reused from cache (%d prefixes restored "
+                  "from host memory), %d KV-full retries, decode %.2f s, step %.2f s", st["steps"], st["tokens"],
+                  st["reused"], st["restored"], st["kv_full"], st["decode_s"], st["step_s"])
 
     def _main(self) -> None:
         try:
             llama = _Llama(self.model_path, self.options)
             self.scheduler.attach(llama, sampling.Samplers(llama.ll, llama.vocab, llama.n_vocab),
-                                  Slots(llama.ll, llama.mem, self.options.max_batch, self.options.kv_unified))
+                                  Slots(llama.ll, llama.mem, self.options.max_batch, self.options.kv_unified,
+                                        PromptCache(llama.ll, llama.ctx, llama.mem, self.options.prompt_cache_mib << 20)))
             self._llama = llama
         except BaseException as exc:
             self._open_error = exc

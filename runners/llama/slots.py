@@ -2,11 +2,14 @@
 
 A slot keeps its KV after its sequence ends, so a later prompt that starts the same (a chat's system
 prompt, the previous turn and its answer) skips that prefill. With the unified KV cache a prefix held by
-any slot is shared into another by tagging the same cells with both ids (no copy, no compute). Engine
+any slot is shared into another by tagging the same cells with both ids (no copy, no compute), and one
+that no slot holds any more may still be in the host-memory prompt cache (prompt_cache.py). Engine
 thread only: every method here calls llama.cpp's memory API.
 """
 
 from __future__ import annotations
+
+from runners.llama.prompt_cache import PromptCache
 
 
 def common_prefix(held: tuple[list[int], int], tokens: list[int], limit: int) -> int:
@@ -18,8 +21,8 @@ def common_prefix(held: tuple[list[int], int], tokens: list[int], limit: int) ->
 
 
 class Slots:
-    def __init__(self, ll, mem, count: int, unified: bool):
-        self._ll, self._mem, self.unified = ll, mem, unified
+    def __init__(self, ll, mem, count: int, unified: bool, cache: PromptCache | None = None):
+        self._ll, self._mem, self.unified, self.cache = ll, mem, unified, cache
         self.free: list[int] = list(range(count))
         # what each slot's KV holds: (tokens, how many of them), positions 0..n-1; a running sequence's own list
         self._held: list[tuple[list[int], int]] = [([], 0)] * count
@@ -37,18 +40,27 @@ class Slots:
         return [first, *others]
 
     def attach(self, slot: int, tokens: list[int], busy: list[int]) -> int:
-        """Keep or share the longest cached prefix of `tokens` (all but the last, which must be decoded for
-        its logits) into `slot`; returns how many tokens need no prefill."""
+        """Keep, share or restore the longest cached prefix of `tokens` (all but the last, which must be decoded
+        for its logits) into `slot`; returns how many tokens need no prefill. What the slot held beyond that
+        prefix goes to the prompt cache first, so a later prompt that starts like it can have it back."""
         ll, mem = self._ll, self._mem
         limit = len(tokens) - 1
-        keep = common_prefix(self._held[slot], tokens, limit)
+        held = self._held[slot]
+        keep = common_prefix(held, tokens, limit)
+        donor, shared = -1, 0
         if self.unified:
             donors = [s for s in busy + self.free if s != slot]
-            best = max(donors, key=lambda s: common_prefix(self._held[s], tokens, limit), default=-1)
-            if best >= 0 and (shared := common_prefix(self._held[best], tokens, limit)) > keep:
-                ll.llama_memory_seq_rm(mem, slot, -1, -1)
-                ll.llama_memory_seq_cp(mem, best, slot, 0, shared)
-                keep = shared
+            donor = max(donors, key=lambda s: common_prefix(self._held[s], tokens, limit), default=-1)
+            shared = common_prefix(self._held[donor], tokens, limit) if donor >= 0 else 0
+        saved, cached = self.cache.match(tokens, limit) if self.cache else (None, 0)
+        if self.cache and held[1] > keep:
+            self.cache.save(slot, *held)
+        if cached > max(keep, shared):
+            keep = cached if self.cache.restore(saved, slot) else 0  # a failed restore leaves the slot empty
+        if shared > keep:
+            ll.llama_memory_seq_rm(mem, slot, -1, -1)
+            ll.llama_memory_seq_cp(mem, donor, slot, 0, shared)
+            keep = shared
         if not ll.llama_memory_seq_rm(mem, slot, keep, -1):  # a cache that cannot drop a tail starts over
             ll.llama_memory_seq_rm(mem, slot, -1, -1)
             keep = 0

@@ -25,6 +25,7 @@ class EngineOptions:
     # KV cells shared by all sequences. None: n_ctx x max_batch, so the cache can never fill. Smaller
     # oversubscribes memory (most requests are short); when it fills, sequences wait and are recomputed.
     kv_size: int | None = None
+    prompt_cache_mib: int = 256  # host memory for the KV of prefixes no slot holds any more (prompt_cache.py); 0: off
 
     def __post_init__(self) -> None:
         if self.kv_size is not None:
