@@ -17,7 +17,8 @@ import yaml
 # tier-runner command, or follow a program below, or a script of this repository that reads it.
 FOREIGN_OPTIONS = {"--no-deps": "pip", "--enforce-eager": "vLLM's server",
                    "--interrupt_requests": "llama-cpp-python's server", "--jinja": "llama.cpp's server",
-                   "--enable-auto-tool-choice": "vLLM's server", "--tool-call-parser": "vLLM's server"}
+                   "--enable-auto-tool-choice": "vLLM's server", "--tool-call-parser": "vLLM's server",
+                   "--cache-ram": "llama.cpp's server", "--cache-idle-slots": "llama.cpp's server"}
 FOREIGN_PROGRAMS = ("llama-server", "litellm", "pip", "cmake", "vllm")
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
