@@ -171,6 +171,24 @@ async def test_a_full_kv_cache_delays_sequences_instead_of_killing_the_tier():
 
 
 # -- the host-memory prompt cache -----------------------------------------------------------------
+def test_the_prompt_cache_measures_shared_prefixes_as_a_token_loop_would():
+    """The cache compares prompts as bytes by binary search; it must agree with the plain loop everywhere:
+    no common prefix, one token, all of it, past the limit, and large token ids."""
+    import random
+
+    from runners.llama.prompt_cache import _common, _key
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        a = [rng.choice((1, 2, 151_000, 2**31 - 1)) for _ in range(rng.randint(0, 40))]
+        b = a[: rng.randint(0, len(a))] + [rng.choice((1, 3, 151_001)) for _ in range(rng.randint(0, 5))]
+        limit = rng.randint(0, 50)
+        expected = 0
+        while expected < min(len(a), len(b), limit) and a[expected] == b[expected]:
+            expected += 1
+        assert _common(_key(a), _key(b), limit) == expected, (a, b, limit)
+
+
 async def _a_b_a(engine: LlamaEngine) -> tuple[str, str, int, int]:
     """Prompt A, then B (which takes A's only slot), then A again: A's two answers and the tokens the third
     request did not have to prefill."""

@@ -11,6 +11,7 @@ least recently used out first. Engine thread only: it reads and writes llama.cpp
 from __future__ import annotations
 
 import ctypes
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -19,15 +20,29 @@ MIN_TOKENS = 8  # shorter prefixes cost less to prefill than to save and restore
 
 @dataclass
 class Saved:
-    tokens: list[int]  # the prefix, positions 0..n-1
+    key: bytes  # the prefix's tokens (positions 0..n-1) as 32-bit integers
     state: ctypes.Array  # llama_state_seq_get_data's bytes for the sequence holding it
 
+    @property
+    def n(self) -> int:
+        return len(self.key) // 4
 
-def _common(a: list[int], b: list[int], limit: int) -> int:
-    count, end = 0, min(len(a), len(b), limit)
-    while count < end and a[count] == b[count]:
-        count += 1
-    return count
+
+def _key(tokens: list[int]) -> bytes:
+    return array("i", tokens).tobytes()
+
+
+def _common(a: bytes, b: bytes, limit: int) -> int:
+    """How many leading tokens two keys share, at most `limit`: a binary search of byte comparisons, so a
+    long shared system prompt costs microseconds per entry, not a Python loop over its tokens."""
+    low, high = 0, min(len(a), len(b), limit * 4) // 4
+    while low < high:
+        mid = (low + high + 1) // 2
+        if a[: mid * 4] == b[: mid * 4]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 class PromptCache:
@@ -42,9 +57,9 @@ class PromptCache:
 
     def match(self, tokens: list[int], limit: int) -> tuple[Saved | None, int]:
         """The saved prefix sharing the most of tokens[:limit], and how many tokens it shares."""
-        best, shared = None, 0
+        best, shared, key = None, 0, _key(tokens[:limit])
         for saved in self._entries.values():
-            if (n := _common(saved.tokens, tokens, limit)) > shared:
+            if (n := _common(saved.key, key, limit)) > shared:
                 best, shared = saved, n
         return best, shared
 
@@ -52,9 +67,9 @@ class PromptCache:
         """Keep what `slot` holds (tokens[:n]) before it is cut, unless a saved prefix already covers it."""
         if n < MIN_TOKENS or self.budget == 0:
             return
-        prefix = tokens[:n]
+        prefix = _key(tokens[:n])
         for key, saved in self._entries.items():
-            if len(saved.tokens) >= n and _common(saved.tokens, prefix, n) == n:
+            if saved.n >= n and _common(saved.key, prefix, n) == n:
                 self._entries.move_to_end(key)
                 return
         size = self._ll.llama_state_seq_get_size(self._ctx, slot)
@@ -63,7 +78,7 @@ class PromptCache:
         state = (ctypes.c_uint8 * size)()
         if self._ll.llama_state_seq_get_data(self._ctx, state, size, slot) != size:
             return
-        for key in [k for k, s in self._entries.items() if _common(s.tokens, prefix, n) == len(s.tokens)]:
+        for key in [k for k, s in self._entries.items() if _common(s.key, prefix, n) == s.n]:
             self._forget(key)  # shorter prefixes of this one: it serves them all
         self._entries[self._next] = Saved(prefix, state)
         self._next += 1
