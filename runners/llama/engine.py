@@ -50,9 +50,9 @@ class LlamaEngine:
     def stats(self) -> dict:
         """The scheduler's counters, and how many prefixes the host-memory prompt cache restored, or could not
         for want of room in the KV cache."""
-        cache = getattr(getattr(self.scheduler, "slots", None), "cache", None)
-        return {**self.scheduler.stats, "restored": cache.restored if cache else 0,
-                "restore_refused": cache.refused if cache else 0}
+        slots = getattr(self.scheduler, "slots", None)  # there once the engine thread has opened the model
+        return {**self.scheduler.stats, "restored": slots.cache.restored if slots else 0,
+                "restore_refused": slots.cache.refused if slots else 0}
 
     @property
     def failure(self) -> str | None:

@@ -52,8 +52,7 @@ class PromptCache:
         self.bytes = 0
         self.restored = 0  # prefixes restored (engine stats, and its closing log line)
         self.refused = 0  # restores the KV cache had no room for
-        self._entries: OrderedDict[int, Saved] = OrderedDict()  # oldest use first
-        self._next = 0
+        self._entries: OrderedDict[bytes, Saved] = OrderedDict()  # by prefix, oldest use first
 
     def match(self, tokens: list[int], limit: int) -> tuple[Saved | None, int]:
         """The saved prefix sharing the most of tokens[:limit], and how many tokens it shares."""
@@ -80,8 +79,7 @@ class PromptCache:
             return
         for key in [k for k, s in self._entries.items() if _common(s.key, prefix, n) == s.n]:
             self._forget(key)  # shorter prefixes of this one: it serves them all
-        self._entries[self._next] = Saved(prefix, state)
-        self._next += 1
+        self._entries[prefix] = Saved(prefix, state)
         self.bytes += size
         while self.bytes > self.budget:
             self._forget(next(iter(self._entries)))
@@ -94,12 +92,9 @@ class PromptCache:
             ll.llama_memory_seq_rm(self._mem, slot, -1, -1)
             self.refused += 1
             return False
-        for key, entry in self._entries.items():
-            if entry is saved:
-                self._entries.move_to_end(key)
-                break
+        self._entries.move_to_end(saved.key)
         self.restored += 1
         return True
 
-    def _forget(self, key: int) -> None:
+    def _forget(self, key: bytes) -> None:
         self.bytes -= len(self._entries.pop(key).state)

@@ -21,7 +21,7 @@ def common_prefix(held: tuple[list[int], int], tokens: list[int], limit: int) ->
 
 
 class Slots:
-    def __init__(self, ll, mem, count: int, unified: bool, cache: PromptCache | None = None):
+    def __init__(self, ll, mem, count: int, unified: bool, cache: PromptCache):
         self._ll, self._mem, self.unified, self.cache = ll, mem, unified, cache
         self.free: list[int] = list(range(count))
         # what each slot's KV holds: (tokens, how many of them), positions 0..n-1; a running sequence's own list
@@ -52,8 +52,8 @@ class Slots:
             donors = [s for s in busy + self.free if s != slot]
             donor = max(donors, key=lambda s: common_prefix(self._held[s], tokens, limit), default=-1)
             shared = common_prefix(self._held[donor], tokens, limit) if donor >= 0 else 0
-        saved, cached = self.cache.match(tokens, limit) if self.cache else (None, 0)
-        if self.cache and held[1] > keep:
+        saved, cached = self.cache.match(tokens, limit)
+        if held[1] > keep:
             self.cache.save(slot, *held)
         if cached > max(keep, shared):
             keep = cached if self.cache.restore(saved, slot) else 0  # a failed restore leaves the slot empty
