@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, GCCollector, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -43,6 +43,7 @@ class Metrics:
         else:
             self._exposed.register(self.registry)
         self._exposed.register(self.live)
+        GCCollector(registry=self.live)  # python_gc_collections_total: how often the collector ran (tiers/heap.py)
         r = self.registry
         self.requests = Counter("tier_requests", "Requests answered (final attempts)", LABELS, registry=r)
         self.attempts = Counter("tier_attempts", "Attempts on a tier, retries and escalations included", LABELS,

@@ -23,6 +23,7 @@ from tiers.cache.health import CacheCollector
 from tiers.cache.semantic import SemanticCache
 from tiers.cache.store import Limits
 from tiers.embedding_models import EmbeddingModels
+from tiers.heap import settle_after_startup
 from tiers.estimates_metrics import EstimatesCollector
 from tiers.ledger.spool import Spool, worker_slots
 from tiers.ledger.store import Ledger
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
                 shared.start()
             if any(f.cache and f.cache.enabled for f in config.routing.features.values()):
                 await asyncio.to_thread(cache.warm)
+            settle_after_startup()
             yield
         finally:
             sweeper.cancel()
