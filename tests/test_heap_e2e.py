@@ -26,6 +26,5 @@ def test_steady_load_runs_no_full_collection_and_almost_no_young_ones(server):
     after = collections(server.base_url)
     assert codes == [200] * REQUESTS
     ran = {generation: after[generation] - before[generation] for generation in before}
-    print(ran)
     assert ran["2"] == 0, ran
     assert ran["0"] <= REQUESTS / 100, ran  # CPython's defaults ran about one per six requests here

@@ -1,4 +1,10 @@
-"""Sentence embedders for the cache, found by name; heavy libraries load only when one is used."""
+"""Sentence embedders for the cache, found by name; heavy libraries load only when one is used.
+
+Each embeds on one thread. torch and llama.cpp share the system's OpenMP runtime (libgomp), which stops its
+threads spinning at barriers once it manages more threads than there are cores: a second thread for an
+embedder was enough to make Tier 3's llama.cpp sleep and wake at every barrier, and decode at half speed on
+2 cores (docs/benchmarks.md). A short text embeds in 9.9 ms on one thread against 7.8 ms on two.
+"""
 
 from __future__ import annotations
 
@@ -88,6 +94,7 @@ class MiniLM(Embedder):
         except ImportError:
             raise ConfigError("the minilm cache embedder needs torch and transformers: "
                               "pip install 'value-tier-runner[cache]'") from None
+        torch.set_num_threads(1)  # see module docstring: no OpenMP workers beside Tier 3's llama.cpp
         hf_logging.disable_progress_bar()
         folder = Path(list(spec.submodule_search_locations)[0]) / "model"
         self._torch = torch
@@ -126,7 +133,8 @@ class LlamaCppEmbedding(Embedder):
             raise ConfigError("the llamacpp cache embedder needs a GGUF file (llamacpp_model finds Tier 3's)")
         logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
         self.path = path
-        self._llm = Llama(model_path=str(path), embedding=True, n_ctx=512, n_batch=512, pooling_type=1, verbose=False)
+        self._llm = Llama(model_path=str(path), embedding=True, n_ctx=512, n_batch=512, pooling_type=1, verbose=False,
+                         n_threads=1, n_threads_batch=1)  # one thread, as for minilm (module docstring)
         self.dim = self._llm.n_embd()
         self._lock = threading.Lock()
 
