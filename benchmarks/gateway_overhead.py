@@ -3,6 +3,9 @@
 Part 1. One-token chat completions are paced at --rate req/s (open loop) to three paths in turn, round
 after round so that machine noise falls on all of them alike:
   direct   the upstream itself (benchmarks/openai_stub.py: answers at once, no framework)
+  floor    a bare ASGI app on the same uvicorn forwarding with one aiohttp session (benchmarks/floor_proxy.py):
+           what a second HTTP hop alone adds, the part of ours no change to our code can remove (it reads the
+           upstream's whole answer before it sends, which for the stub's one-token stream is its first byte too)
   ours     our gateway, `model: tier:1`, Tier 1 = the hosted runner pointed at the upstream; client key
            check, routing, ledger row (spool + SQLite), metrics, headers and the request log line included
   litellm  LiteLLM's proxy (`make litellm-setup`) with a master key, routed to the same upstream
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness import pct, start_stub  # noqa: E402
 
-from tests.conftest import ChildProcess, ServerProcess  # noqa: E402  (the tests' subprocess helper)
+from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the tests' subprocess helper)
 from tests.litellm_proxy import LITELLM, MODEL, LiteLLMProxy  # noqa: E402
 
 from tiers.auth import hash_key  # noqa: E402
@@ -126,6 +129,12 @@ def proxy_overhead(args, root: Path) -> tuple[dict[str, list[Sample]], dict[str,
         servers.append(stub)
         upstream = f"{stub.base_url}/v1"
         paths = {"direct": (f"{upstream}/chat/completions", "stub")}
+        port = free_port()
+        floor = ChildProcess([sys.executable, str(ROOT / "benchmarks" / "floor_proxy.py"), str(port), upstream],
+                             port=port, log_path=root / "floor.log")
+        servers.append(floor)
+        floor.wait_ready()
+        paths["floor"] = (f"{floor.base_url}/v1/chat/completions", "stub")
 
         profile = root / "overhead.yaml"
         profile.write_text(f"""
