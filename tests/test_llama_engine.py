@@ -223,6 +223,19 @@ async def test_a_prompt_whose_slot_was_taken_comes_back_from_host_memory_with_th
         off.close()
 
 
+async def test_a_match_that_saving_the_slot_evicts_is_not_restored_from_a_forgotten_entry():
+    """A budget (2 MiB) for one prompt's KV, not two: A's third run finds A saved, but saving what the slot held (B)
+    first evicts A, the oldest. The engine must not restore the evicted entry (it failed with a KeyError); A is
+    prefilled instead and answers as before."""
+    engine = started(max_batch=1, prompt_cache_mib=2)
+    try:
+        first, again, _, _ = await _a_b_a(engine)
+        assert first and again == first
+        assert engine.failure is None and engine.stats["restored"] == 0, engine.stats
+    finally:
+        engine.close()
+
+
 async def test_a_saved_prefix_that_no_longer_fits_the_kv_cache_is_prefilled_instead():
     """A KV cache of 256 cells: a long generation fills it while a short prompt's prefix waits in host memory.
     Restoring that finds no room; the request is prefilled instead (waiting for room) and answers as before."""

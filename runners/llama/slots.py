@@ -52,9 +52,9 @@ class Slots:
             donors = [s for s in busy + self.free if s != slot]
             donor = max(donors, key=lambda s: common_prefix(self._held[s], tokens, limit), default=-1)
             shared = common_prefix(self._held[donor], tokens, limit) if donor >= 0 else 0
-        saved, cached = self.cache.match(tokens, limit)
-        if held[1] > keep:
+        if held[1] > keep:  # saved before matching: saving may evict, and a match must be an entry still there
             self.cache.save(slot, *held)
+        saved, cached = self.cache.match(tokens, limit)
         if cached > max(keep, shared):
             keep = cached if self.cache.restore(saved, slot) else 0  # a failed restore leaves the slot empty
         if shared > keep:
