@@ -3,6 +3,7 @@ vLLM's command line and output, a provider's partly masked echo. Through the rea
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from hardware.catalog import cache_dir
 from hardware.redact import MIN_RUN, redact, redact_argv
 from tests.conftest import REPO, ServerProcess, free_port
 
@@ -92,13 +92,19 @@ exec sleep 600
 """
 
 
+# SmolLM2-135M's shape, as in its config.json: what the gateway reads of a transformers folder before starting vLLM.
+SMOLLM2_CONFIG = {"architectures": ["LlamaForCausalLM"], "hidden_size": 576, "num_attention_heads": 9,
+                  "num_key_value_heads": 3, "num_hidden_layers": 30, "max_position_embeddings": 8192}
+
+
 def test_vllm_command_line_and_output_are_redacted_and_relayed_at_debug(tmp_path):
     fake = tmp_path / "vllm-python"
     fake.write_text(FAKE_VLLM)
     fake.chmod(0o755)
     profile = tmp_path / "profile.yaml"
-    model = cache_dir() / "smollm2-135m-instruct-bf16"  # made by `make vllm-setup`; only its config.json is read
-    assert (model / "config.json").exists(), "run `make vllm-setup` first"
+    model = tmp_path / "model"  # the fake vLLM loads nothing: the gateway reads only config.json (shape, context)
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(SMOLLM2_CONFIG))
     profile.write_text(f"tiers:\n  2: {{runner: vllm, model: {model}, python: {fake}, startup_timeout_s: 600,"
                        f" extra_args: [--api-key, {KEY}]}}\n")
     server = ServerProcess("--profile", str(profile), "--data-dir", str(tmp_path / "data"),

@@ -100,13 +100,16 @@ def test_an_invalid_tier3_call_escalates_and_returns_a_valid_one(cascade):
     assert response.status_code == 200, response.text
     assert response.headers["x-escalated"] == "true" and response.headers["x-tier"] == "1"
     primary, escalation = response.headers["x-attempts"].split(",")
-    assert primary.startswith("primary:tier3:smollm2-135m-instruct-q4_1:tool_call:invalid_json@get_weather")
+    # SmolLM2's cut-short call may name either offered tool: which one differs between CPUs (AMD and Intel here)
+    named = f"@{WEATHER['function']['name']}", f"@{CLOCK['function']['name']}"
+    assert primary.startswith(tuple(f"primary:tier3:smollm2-135m-instruct-q4_1:tool_call:invalid_json{n}"
+                                    for n in named)), primary
     assert escalation == "escalation:tier1:tier:3:tool_call:ok"
     for call in response.json()["choices"][0]["message"]["tool_calls"]:
         jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER_SCHEMA)
     rows = ledger(cascade, response.headers["x-request-id"])
     assert [(r[1], r[2], r[4], r[5]) for r in rows] == [("tool_call", 0, 3, 0), ("tool_call", 1, 1, 1)]
-    assert rows[0][3].startswith("invalid_json@get_weather") and rows[0][0] >= 2 and rows[1][0] >= 1
+    assert rows[0][3].startswith(tuple(f"invalid_json{n}" for n in named)) and rows[0][0] >= 2 and rows[1][0] >= 1
 
 
 def test_a_streamed_tool_feature_is_checked_before_its_first_byte(cascade):
