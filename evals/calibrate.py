@@ -140,6 +140,19 @@ def evaluate(signals: list[Signal], name: str, threshold: float) -> Point:
     return Point(threshold, accepted, failures, len(signals))
 
 
+def held_out_verdict(checked: Point, predicted_high: float) -> str:
+    """Whether the held-out half agrees with the fit's bound. Its point rate alone is a sample of a few dozen
+    answers and lands above a correct bound often; only its own 95% interval starting above the bound
+    contradicts the prediction."""
+    if checked.failure_rate is None or checked.failure_rate <= predicted_high:
+        return f"inside the predicted bound {predicted_high:.1%}"
+    low = checked.interval[0]
+    if low <= predicted_high:
+        return (f"above the predicted bound {predicted_high:.1%} but within sampling noise of {checked.accepted} "
+                f"answers (its own 95% interval starts at {low:.1%})")
+    return f"OUTSIDE the predicted bound {predicted_high:.1%}: even its 95% interval starts above it, at {low:.1%}"
+
+
 def gate_update(name: str, threshold: float, k: int) -> dict:
     """The gate keys to write: the calibrated signal replaces the other signal gate (json_schema, choices and
     regex stay as they are)."""

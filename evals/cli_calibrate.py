@@ -36,7 +36,8 @@ from evals.calibrate import SIGNALS
 def calibrate_command(feature_name, suite_name, target_failure, signal, consistency_k, holdout, limit, routing,
                       profile, url, concurrency, store_path, dry_run):
     """Fit FEATURE's gate threshold so that accepted answers stay under --target-failure; write it to the table."""
-    from evals.calibrate import curve, describe, evaluate, format_curve, gate_update, pick, written_threshold
+    from evals.calibrate import (curve, describe, evaluate, format_curve, gate_update, held_out_verdict, pick,
+                                 written_threshold)
     from evals.gate_signals import collect
     from evals.gateway_proc import GatewayProcess, single_tier_profile
     from evals.harness import resolve_target
@@ -94,9 +95,8 @@ def calibrate_command(feature_name, suite_name, target_failure, signal, consiste
     click.echo(f"{feature_name} (tier {feature.tier}) on {suite.name}: {best} >= {threshold:.6g}")
     click.echo("  " + describe(fitted, f"fit ({len(fit)} examples)"))
     if held:
-        inside = checked.failure_rate is None or checked.failure_rate <= fitted.interval[1]
         click.echo("  " + describe(checked, f"held out ({len(held)} examples)") +
-                   f"; {'inside' if inside else 'OUTSIDE'} the predicted bound {fitted.interval[1]:.1%}")
+                   f"; {held_out_verdict(checked, fitted.interval[1])}")
     if errors:
         click.echo(f"  {errors} example(s) ended in an error and were left out; rerun to try them again", err=True)
     update = gate_update(best, threshold, k)

@@ -11,7 +11,8 @@ import random
 import pytest
 from scipy.stats import beta
 
-from evals.calibrate import clopper_pearson, curve, evaluate, gate_update, pick, written_threshold
+from evals.calibrate import (Point, clopper_pearson, curve, evaluate, gate_update, held_out_verdict, pick,
+                             written_threshold)
 from evals.gate_signals import Signal, request_body, token_signals
 from evals.routing_edit import write_gate, write_tier
 from evals.suite import load_suite
@@ -29,6 +30,14 @@ def test_clopper_pearson_matches_the_beta_quantiles(failures, n):
 
 def test_clopper_pearson_without_data_says_nothing():
     assert clopper_pearson(0, 0) == (0.0, 1.0)
+
+
+def test_a_held_out_rate_above_the_bound_contradicts_it_only_when_its_own_interval_starts_above():
+    assert held_out_verdict(Point(0.0, 32, 8, 100), 0.282).startswith("inside")  # 25.0%
+    noisy = held_out_verdict(Point(0.0, 32, 11, 100), 0.282)  # 34.4% of 32: interval [18.6%, 53.2%]
+    assert noisy.startswith("above the predicted bound 28.2% but within sampling noise") and "18.6%" in noisy
+    assert held_out_verdict(Point(0.0, 32, 18, 100), 0.282).startswith("OUTSIDE")  # 56.2%: interval from 37.7%
+    assert held_out_verdict(Point(0.0, 0, 0, 100), 0.282).startswith("inside")  # nothing accepted: nothing failed
 
 
 def signals(values: list[tuple[float, bool]], gates_ok: bool = True) -> list[Signal]:
