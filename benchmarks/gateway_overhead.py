@@ -9,6 +9,7 @@ after round so that machine noise falls on all of them alike:
   ours     our gateway, `model: tier:1`, Tier 1 = the hosted runner pointed at the upstream; client key
            check, routing, ledger row (spool + SQLite), metrics, headers and the request log line included
   litellm  LiteLLM's proxy (`make litellm-setup`) with a master key, routed to the same upstream
+  baseline  with --baseline REF: ours as served by the code of another git commit (a worktree of it)
 overhead = path - direct, at p50 and at p99 of all rounds together. Both proxies also say what they
 added themselves: ours in `Server-Timing: gateway;dur=`, LiteLLM in `x-litellm-overhead-duration-ms`.
 Streams: the same paced load with `"stream": true`; the sample is the time to the answer's first byte, and
@@ -16,7 +17,7 @@ the added time is ours (or LiteLLM's) minus direct.
 Part 2. The same paced load on `tier:3` (llama.cpp in process, the real SmolLM2): what the client
 waits, and the Server-Timing split between the gateway and the runner.
 Usage: python benchmarks/gateway_overhead.py [--rate 100] [--requests 300] [--rounds 5] [--skip-litellm]
-       [--skip-tier3]
+       [--skip-tier3] [--baseline REF]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.gateway_saturation import baseline_server, remove_baseline  # noqa: E402
 from benchmarks.harness import pct, start_stub  # noqa: E402
 
 from tests.conftest import ChildProcess, ServerProcess, free_port  # noqa: E402  (the tests' subprocess helper)
@@ -143,7 +145,13 @@ devices: {{cpu: {{kind: cpu}}}}
 tiers:
   1: {{runner: hosted, model: stub, base_url: "{upstream}", api_key_env: null}}
 """)
-        ours = ServerProcess("--profile", str(profile), "--keys", str(keys_file(root)), log_path=root / "ours.log")
+        keys = keys_file(root)
+        if args.baseline:
+            base = baseline_server(args.baseline, root, profile, keys)
+            servers.append(base)
+            base.wait_ready()
+            paths[f"baseline {args.baseline}"] = (f"{base.base_url}/v1/chat/completions", "tier:1")
+        ours = ServerProcess("--profile", str(profile), "--keys", str(keys), log_path=root / "ours.log")
         servers.append(ours)
         ours.wait_ready()
         paths["ours"] = (f"{ours.base_url}/v1/chat/completions", "tier:1")
@@ -160,6 +168,8 @@ tiers:
     finally:
         for server in servers:
             server.stop()
+        if args.baseline:
+            remove_baseline(root)
 
 
 def tier3_overhead(args, root: Path) -> list[Sample]:
@@ -179,6 +189,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--skip-tier3", action="store_true")
+    parser.add_argument("--baseline", default=None, help="a git commit whose gateway runs beside this one (as ours)")
     parser.add_argument("--profile", default="cpu-tier3", help="profile whose Tier 3 part 2 measures")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="gateway-overhead-"))

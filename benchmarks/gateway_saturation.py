@@ -15,8 +15,9 @@ Requests come from benchmarks/loadgen.py, its own process: --clients connections
 request as soon as its answer is in, for --seconds, two rounds with the paths alternated. Server CPU per
 request = the user + system CPU seconds the server's processes used during the run (from /proc), divided
 by the requests answered. Generator, upstream and server share this machine's cores, so req/s is a floor.
+With --stream every request asks for `"stream": true` and each answer is read to its last chunk.
 Usage: python benchmarks/gateway_saturation.py [--clients 16] [--seconds 10] [--rounds 2] [--baseline REF]
-       [--skip-litellm] [--workers 2]
+       [--skip-litellm] [--workers 2] [--stream]
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def baseline_server(ref: str, root: Path, profile: Path, keys: Path) -> ChildPro
                         log_path=root / "baseline.log", cwd=tree, env={"PYTHONPATH": str(tree)})
 
 
-def closed_loop(path: Target, clients: int, seconds: float) -> dict:
-    body = json.dumps({"model": path.model, "messages": PROMPT, "max_tokens": 1, "temperature": 0})
+def remove_baseline(root: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(root / "baseline")], check=False)
+
+
+def closed_loop(path: Target, clients: int, seconds: float, stream: bool = False) -> dict:
+    body = json.dumps({"model": path.model, "messages": PROMPT, "max_tokens": 1, "temperature": 0,
+                       **({"stream": True} if stream else {})})
     pids = (lambda: children(path.pid) + list(path.also)) if path.pid else (lambda: [])
     before = cpu_s(pids())
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), path.url, "--body", body,
@@ -89,6 +95,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", default=None, help="a git commit whose gateway runs beside this one")
     parser.add_argument("--skip-litellm", action="store_true")
+    parser.add_argument("--stream", action="store_true", help="streamed answers (SSE), each read to its end")
     parser.add_argument("--workers", type=int, default=2, help="the `ours xN` path's --workers; 1 leaves it out")
     args = parser.parse_args()
     servers: list[ChildProcess] = []
@@ -133,21 +140,21 @@ def main() -> None:
                 if isinstance(server, ChildProcess):  # (Redis is ready once started)
                     server.wait_ready()
             for path in paths:  # warm-up: connections, first-request imports
-                closed_loop(path, args.clients, 2)
+                closed_loop(path, args.clients, 2, args.stream)
             for round_ in range(args.rounds):
                 for path in paths if round_ % 2 == 0 else reversed(paths):
-                    results.setdefault(path.name, []).append(closed_loop(path, args.clients, args.seconds))
+                    results.setdefault(path.name, []).append(closed_loop(path, args.clients, args.seconds, args.stream))
         finally:
             for server in servers:
                 server.stop()
             if args.baseline:
-                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(root / "baseline")],
-                               check=False)
+                remove_baseline(root)
     report(results, args)
 
 
 def report(results: dict[str, list[dict]], args) -> None:
-    print(f"\nclosed loop, {args.clients} clients, one-token chat completions, {args.rounds} rounds of "
+    print(f"\nclosed loop, {args.clients} clients, one-token chat completions{' streamed' if args.stream else ''}, "
+          f"{args.rounds} rounds of "
           f"{args.seconds:g} s per path, alternated ({platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs); medians of the rounds\n")
     print("| path | req/s | p50 ms | p99 ms | errors | server CPU ms/request | req/s vs litellm |")

@@ -2,8 +2,9 @@
 
 N clients each keep one connection open and send the next request as soon as the previous answer
 is in (a closed loop: it measures saturation, not a paced rate). Requests are prebuilt bytes and
-answers are parsed only as far as the status line, the headers and Content-Length, so the
-generator costs tens of microseconds per request where httpx costs a millisecond or more.
+answers are parsed only as far as the status line, the headers and Content-Length (or the chunk sizes
+of a stream, read to its end), so the generator costs tens of microseconds per request where httpx
+costs a millisecond or more.
 Run it as its own process (`python benchmarks/loadgen.py URL --clients 16 --seconds 10 --body JSON`);
 it prints one JSON line: requests, errors, req/s and latency percentiles.
 """
@@ -28,12 +29,18 @@ def build_request(url: str, body: bytes, headers: dict[str, str]) -> bytes:
 async def read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
-    length = 0
+    length, chunked = 0, False
     for line in head.split(b"\r\n")[1:]:
-        if line[:15].lower() == b"content-length:":
+        lower = line.lower()
+        if lower[:15] == b"content-length:":
             length = int(line[15:])
-            break
-    if length:
+        elif lower[:18] == b"transfer-encoding:" and b"chunked" in lower:
+            chunked = True
+    if chunked:  # a stream: chunks until the empty one
+        while size := int((await reader.readuntil(b"\r\n"))[:-2].split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readexactly(2)
+    elif length:
         await reader.readexactly(length)
     return status
 
