@@ -39,7 +39,8 @@ def target_between(curves: str) -> float:
     """A target the fit can meet without accepting everything: halfway between the lowest failure bound any
     threshold reaches and the bound of accepting every answer. Where SmolLM2 lands between the two differs
     from CPU to CPU (llama.cpp's arithmetic follows the SIMD it finds), so a fixed target sits on one side of
-    the edge on one machine and on the other elsewhere: 30% was met at 28.2% in CI and missed at 30.3% here."""
+    the edge on one machine and on the other elsewhere: 30% was met at 28.2% in one CI run and missed at 30.3% on
+    another machine (AMD EPYC, session 25)."""
     rows = [(int(accepted), float(high)) for accepted, high in ROW.findall(curves)]
     assert rows, curves
     most = max(accepted for accepted, _ in rows)
