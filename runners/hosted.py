@@ -132,20 +132,21 @@ class HostedRunner(Runner):
 
     async def answer_stream(self, request: Request) -> AsyncIterator[Delta]:
         translator = self.wire.translator()
-        response, lines, first, deadline = await self._with_retries(self._body(request, stream=True), translator)
+        response, lines, first = await self._with_retries(self._body(request, stream=True), translator)
         try:
             for chunk in first:
                 yield chunk
             while not translator.done:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        line = await anext(lines)
+                    line = await anext(lines)  # each read bounded by the attempt's total_timeout_s deadline
                 except StopAsyncIteration:
                     raise self._cut("the stream ended before its last event") from None
-                except TimeoutError:
-                    raise self._cut(f"the stream ran past total_timeout_s={self.options.total_timeout_s}") from None
+                except http_pool.READ_TIMEOUT:  # before the transport errors and TimeoutError: it is both
+                    raise self._cut(f"no data for read_timeout_s={self.options.read_timeout_s}") from None
                 except http_pool.TRANSPORT_ERRORS as exc:
                     raise self._cut(f"the connection broke mid-stream ({exc.__class__.__name__})") from None
+                except TimeoutError:
+                    raise self._cut(f"the stream ran past total_timeout_s={self.options.total_timeout_s}") from None
                 try:
                     chunks = self._translate(translator, line)
                 except RunnerFailed as exc:
@@ -202,7 +203,8 @@ class HostedRunner(Runner):
             return result
 
     async def _attempt(self, body: dict[str, Any], translator):
-        """One try. Non-streaming: the completion. Streaming: the open response, its lines, the first chunks, the deadline."""
+        """One try. Non-streaming: the completion. Streaming: the open response, its lines (each read bounded by
+        the attempt's deadline) and the first chunks."""
         opts = self.options
         loop = asyncio.get_running_loop()
         deadline = loop.time() + opts.total_timeout_s
@@ -226,12 +228,12 @@ class HostedRunner(Runner):
                     return self.wire.completion(orjson.loads(data))
                 except (ValueError, ValidationError) as exc:
                     raise RunnerFailed(f"{self.where} answered something that is not a chat completion: {exc}") from None
-            lines = http_pool.lines(response)
+            lines = http_pool.lines(response, deadline)
             first: list[Delta] = []
             async with asyncio.timeout_at(first_byte):
                 while not first and not translator.done:
                     first = self._translate(translator, await anext(lines))
-            return response, lines, first, deadline
+            return response, lines, first
         except (*http_pool.TRANSPORT_ERRORS, StopAsyncIteration) as exc:  # before TimeoutError, as above
             response.close()
             raise _Retryable(f"the connection broke before the first event ({exc.__class__.__name__})") from None

@@ -8,6 +8,7 @@ loop it was made on, so it is made on first use, inside the loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,6 +18,8 @@ import orjson
 
 # What a broken transport raises: refused or dropped connections, socket timeouts, a torn body.
 TRANSPORT_ERRORS = (aiohttp.ClientError,)
+# No byte for `read_timeout_s` (the session's sock_read): a transport error and a TimeoutError at once.
+READ_TIMEOUT = aiohttp.SocketTimeoutError
 JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -38,10 +41,20 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-async def lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The body's lines without their ends (LF or CRLF), however the server chunks them; no line length limit."""
-    buffer = b""
-    async for chunk in response.content.iter_any():
+async def lines(response: aiohttp.ClientResponse, deadline: float | None = None) -> AsyncIterator[str]:
+    """The body's lines without their ends (LF or CRLF), however the server chunks them; no line length limit.
+
+    With `deadline` (the loop's clock), each read from the network must end by then or TimeoutError is raised.
+    The timer is per read, not per line: the lines one read brought need none of their own."""
+    buffer, content = b"", response.content
+    while True:
+        if deadline is None:
+            chunk = await content.readany()
+        else:
+            async with asyncio.timeout_at(deadline):
+                chunk = await content.readany()
+        if not chunk:
+            break
         buffer += chunk
         if b"\n" not in chunk:
             continue

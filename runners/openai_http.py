@@ -93,7 +93,7 @@ class OpenAIStream:
             self.done = True
             return []
         try:
-            event = json.loads(data)
+            event = orjson.loads(data)
             if isinstance(event, dict) and "error" in event:
                 raise RunnerFailed(f"failed mid-stream: {_message_of(event) or ''}")
             return [self.api.chunk(event)]

@@ -2,6 +2,8 @@
 
 Faults: `Fault.status(429, retry_after=2)`, `Fault.status(500)`, `Fault.stall(5)` (no answer for 5 s),
 `Fault.cut(after_lines=3)` (forward the upstream's stream, then drop the connection),
+`Fault.hang(after_lines=2, seconds=5)` (forward that many events, then send nothing for that long),
+`Fault.drip(seconds=0.4)` (forward the stream, waiting that long before each event),
 `Fault.no_done()` (forward the stream but end it cleanly without its `[DONE]` line),
 `Fault.empty_stream()` (a 200 event stream that is only `[DONE]`), and
 `Fault.echo_key()` (a 401 whose message repeats the key the client sent, as some providers do).
@@ -47,6 +49,14 @@ class Fault:
     @classmethod
     def cut(cls, after_lines: int) -> Fault:
         return cls("cut", after_lines=after_lines)
+
+    @classmethod
+    def hang(cls, after_lines: int, seconds: float) -> Fault:
+        return cls("hang", seconds=seconds, after_lines=after_lines)
+
+    @classmethod
+    def drip(cls, seconds: float) -> Fault:
+        return cls("drip", seconds=seconds)
 
     @classmethod
     def echo_key(cls) -> Fault:
@@ -133,12 +143,16 @@ class FaultProxy:
                 async for line in upstream.aiter_lines():
                     if fault.kind == "no_done" and line.strip() == "data: [DONE]":
                         return
+                    if fault.kind == "drip" and line.startswith("data:"):
+                        await asyncio.sleep(fault.seconds)
                     yield line + "\n"
-                    if fault.kind == "cut" and line.startswith("data:"):
+                    if line.startswith("data:"):
                         lines += 1
-                        if lines >= fault.after_lines:
+                        if fault.kind == "cut" and lines >= fault.after_lines:
                             await asyncio.sleep(0.05)  # let the bytes so far leave first
                             raise ConnectionCut()
+                        if fault.kind == "hang" and lines == fault.after_lines:
+                            await asyncio.sleep(fault.seconds)
             finally:
                 await upstream.aclose()
                 await client.aclose()

@@ -20,11 +20,13 @@ KEY_ENV = "FAULT_TIER1_KEY"
 SECRET_KEY = "sk-planted-fault-secret-90210"
 FIRST_BYTE_S = 1.5
 COOLDOWN_S = 2.0
+READ_S, TOTAL_S = 1.0, 3.0  # Tier 2: the same upstream through the proxy, with short mid-stream timeouts
 
 ROUTING = """
 features:
   contract-review: {tier: 1, value: risk, owner: legal, failure_cost_usd: 500}
   contract-review-degradable: {tier: 1, value: risk, owner: legal, failure_cost_usd: 500, fallback: [3]}
+  contract-review-short-fuse: {tier: 2, value: risk, owner: legal, failure_cost_usd: 500}
 """
 
 
@@ -35,6 +37,8 @@ tiers:
        max_attempts: 3, retry_base_s: 0.05, retry_max_backoff_s: 0.2, retry_budget_s: 10,
        first_byte_timeout_s: {FIRST_BYTE_S}, total_timeout_s: 60,
        circuit_failure_threshold: 3, circuit_cooldown_s: {COOLDOWN_S}}}
+  2: {{runner: hosted, model: "tier:3", base_url: "{proxy_url}/v1", api_key_env: null, max_attempts: 1,
+       first_byte_timeout_s: {FIRST_BYTE_S}, read_timeout_s: {READ_S}, total_timeout_s: {TOTAL_S}}}
   3: {{runner: hosted, model: "tier:3", base_url: "{upstream_url}/v1", api_key_env: null}}
 """
 
@@ -148,6 +152,25 @@ def test_a_cut_stream_ends_with_a_clean_error_event(gateway, proxy):
     assert error["code"] == "runner_failed"
     assert any(json.loads(e).get("choices") for e in events[:-1])  # some text arrived before the cut
     assert chat(gateway).status_code == 200  # and the gateway keeps serving
+
+
+def test_an_upstream_silent_mid_stream_past_read_timeout_says_so(gateway, proxy):
+    proxy.plan[:] = [Fault.hang(after_lines=2, seconds=3 * READ_S)]
+    events = stream_events(gateway, model="feature:contract-review-short-fuse")
+    assert any(json.loads(e).get("choices") for e in events[:-1])  # the first events arrived before the silence
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "runner_failed"
+    assert "tier 2" in error["message"] and f"no data for read_timeout_s={READ_S}" in error["message"], error
+    assert chat(gateway).status_code == 200  # and the gateway keeps serving
+
+
+def test_a_stream_running_past_total_timeout_is_cut_with_a_clean_error_event(gateway, proxy):
+    proxy.plan[:] = [Fault.drip(seconds=READ_S / 2)]  # never silent for read_timeout_s, but 24 tokens take 12 s
+    events = stream_events(gateway, model="feature:contract-review-short-fuse")
+    assert any(json.loads(e).get("choices") for e in events[:-1])
+    error = json.loads(events[-1])["error"]
+    assert error["code"] == "runner_failed"
+    assert "tier 2" in error["message"] and f"ran past total_timeout_s={TOTAL_S}" in error["message"], error
 
 
 def test_repeated_failures_open_the_circuit_and_a_probe_closes_it(gateway, proxy):

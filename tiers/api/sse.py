@@ -60,13 +60,15 @@ def log_fields(request: Request, reply: Reply) -> None:
 def sse_response(request: Request, reply: Reply, encode: Callable[[Delta], Iterable[str]],
                  end: Callable[[], Iterable[str]], error_event: Callable[[bytes], str]) -> EventStream:
     async def events() -> AsyncIterator[str]:
+        """One body message per delta however many events it makes (a first delta is the role and the text):
+        each message is a send through every middleware and a write to the socket."""
         deltas = reply.deltas
         try:
             async for delta in deltas:
-                for event in encode(delta):
-                    yield event
-            for event in end():
-                yield event
+                if body := "".join(encode(delta)):
+                    yield body
+            if body := "".join(end()):
+                yield body
         except TierRunnerError as exc:
             yield error_event(error_json(request.url.path, ApiError.of(exc)))
         finally:
