@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from runners.answer import Answer, Choice, ChoiceDelta, Delta, TokenLogprob, ToolCallDelta, Usage, new_id
 from runners.errors import InvalidRequest
 from runners.request import (
@@ -121,10 +123,28 @@ def _logprobs_out(tokens: list[TokenLogprob] | None) -> wire.ChoiceLogprobs | No
 class ChunkWriter:
     """Internal deltas -> OpenAI chunks of one stream: the role goes on each choice's first chunk."""
 
+    _TEXT_MARK = '{"index":0,"delta":{"content":""}'
+
     def __init__(self, model: str, include_usage: bool):
         self.id, self.created, self.model = f"chatcmpl-{new_id()}", int(time.time()), model
         self.include_usage = include_usage
         self._started: set[int] = set()
+        # A text chunk as the model path writes it, cut around its index and content (see `json_chunks`).
+        sample = self._chunk([wire.ChunkChoice(index=0, delta=wire.Delta(content=""))]).model_dump_json()
+        cut = sample.rindex(self._TEXT_MARK)
+        self._text_head, self._text_tail = sample[:cut] + '{"index":', sample[cut + len(self._TEXT_MARK):]
+
+    def json_chunks(self, delta: Delta) -> list[str]:
+        """The delta's chunks as JSON. Most of a stream is one choice's next piece of text: that chunk is spliced
+        into the sample above, the same bytes as the models write at a fortieth of their cost (a Tier 3 stream
+        encodes one per token on the event loop, which shares two cores with llama.cpp)."""
+        if len(delta.choices) == 1 and delta.usage is None:
+            c = delta.choices[0]
+            if (c.text is not None and c.finish_reason is None and not c.tool_calls and c.logprobs is None
+                    and c.index in self._started):
+                content = orjson.dumps(c.text).decode()
+                return [f'{self._text_head}{c.index},"delta":{{"content":{content}}}{self._text_tail}']
+        return [c.model_dump_json() for c in self.chunks(delta)]
 
     def _chunk(self, choices: list[wire.ChunkChoice], usage: wire.Usage | None = None) -> wire.ChatCompletionChunk:
         return wire.ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices, usage=usage)

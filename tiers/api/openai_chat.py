@@ -28,7 +28,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, key: C
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         writer = openai_chat.ChunkWriter(reply.model, include_usage)
         return sse_response(request, reply,
-                            encode=lambda delta: [f"data: {c.model_dump_json()}\n\n" for c in writer.chunks(delta)],
+                            encode=lambda delta: [f"data: {c}\n\n" for c in writer.json_chunks(delta)],
                             end=lambda: ["data: [DONE]\n\n"],
                             error_event=lambda error: f"data: {error.decode()}\n\n")
     log_fields(request, reply)
