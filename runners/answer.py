@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -68,7 +69,11 @@ class Answer(BaseModel):
         return sum(len(c.tool_calls) for c in self.choices)
 
 
-class ToolCallDelta(BaseModel):
+# A stream's deltas are plain dataclasses, not pydantic models: a Tier 3 stream makes two per token on the event
+# loop (5.4 us validated against 0.4 us), and they are built only by runners and wire adapters from values that
+# are already typed.
+@dataclass(slots=True)
+class ToolCallDelta:
     """A piece of one tool call: the first piece has its id and name, later ones argument text."""
 
     index: int
@@ -77,19 +82,21 @@ class ToolCallDelta(BaseModel):
     arguments: str = ""
 
 
-class ChoiceDelta(BaseModel):
+@dataclass(slots=True)
+class ChoiceDelta:
     index: int = 0
     text: str | None = None
-    tool_calls: list[ToolCallDelta] = Field(default_factory=list)
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
     finish_reason: FinishReason | None = None
     logprobs: list[TokenLogprob] | None = None
 
 
-class Delta(BaseModel):
-    choices: list[ChoiceDelta] = Field(default_factory=list)
+@dataclass(slots=True)
+class Delta:
+    choices: list[ChoiceDelta] = field(default_factory=list)
     usage: Usage | None = None
     cost_usd: float | None = None  # set by the serving layer on the usage delta: what the answer cost
-    replica: str | None = Field(default=None, exclude=True)  # on a pool's first delta: the member answering
+    replica: str | None = None  # on a pool's first delta: the member answering (never serialised)
 
 
 def new_id() -> str:
@@ -132,7 +139,7 @@ class AnswerBuilder:
                 calls = self.calls.setdefault(c.index, {})
                 call = calls.get(piece.index)
                 if call is None:
-                    calls[piece.index] = piece.model_copy()
+                    calls[piece.index] = replace(piece)
                 else:
                     call.arguments += piece.arguments
                     call.id = call.id or piece.id

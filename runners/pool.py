@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hardware.errors import ConfigError
 from hardware.profile import Device, TierPlacement
@@ -241,7 +241,7 @@ class PoolRunner(Runner):
             errors.append((member.replica, exc))
         self._ok(member)
         try:
-            yield first.model_copy(update={"replica": member.replica})
+            yield replace(first, replica=member.replica)
             async for delta in deltas:
                 yield delta
         finally:

@@ -205,3 +205,15 @@ def test_half_open_lets_one_probe_through_and_its_result_decides():
     assert breaker.allow()
     breaker.record_success()
     assert breaker.state() == "closed" and breaker.describe() == ""
+
+
+@pytest.mark.parametrize("event", [
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": 5}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ["a"]}},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": 3, "name": "f"}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": {"a": 1}}},
+])
+def test_a_stream_event_with_a_field_of_the_wrong_type_is_not_valid(event):
+    """The hosted runner turns ValueError from the translator into "sent a stream event that is not valid"."""
+    with pytest.raises(ValueError):
+        StreamTranslator().feed(event)

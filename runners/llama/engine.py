@@ -179,7 +179,7 @@ class LlamaEngine:
         remaining = n
         try:
             while remaining:
-                event = await request.queue.get()
+                event = await request.inbox.get()
                 if isinstance(event, Exception):
                     raise event
                 if isinstance(event, Finished):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from runners.llama.text import TextOut, log_softmax, token_info
-from runners.llama.types import Finished, Piece, Request, Sequence
+from runners.llama.types import Finished, Inbox, Piece, Request, Sequence
 
 
 class Scheduler:
@@ -261,9 +261,9 @@ class Scheduler:
 
     def _flush(self) -> None:
         """Deliver this step's events with one wake-up per event loop, not one per token."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, object]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Inbox, object]]] = {}
         for request, event in self._outbox:
-            by_loop.setdefault(request.loop, []).append((request.queue, event))
+            by_loop.setdefault(request.loop, []).append((request.inbox, event))
         self._outbox = []
         for loop, items in by_loop.items():
             try:
@@ -272,6 +272,6 @@ class Scheduler:
                 pass
 
 
-def _deliver(items: list[tuple[asyncio.Queue, object]]) -> None:
-    for queue, event in items:
-        queue.put_nowait(event)
+def _deliver(items: list[tuple[Inbox, object]]) -> None:
+    for inbox, event in items:
+        inbox.put(event)

@@ -4,6 +4,7 @@ scheduler's requests and sequences."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -89,6 +90,31 @@ class QueueFull(Overloaded):
         super().__init__(f"Tier 3 has {limit} requests waiting already; retry shortly or raise max_queue in the profile")
 
 
+class Inbox:
+    """One request's events, put by the engine's wake-up on the caller's event loop and read there. asyncio.Queue
+    does the same with more steps per token (its loop check, a deque of getters, task accounting)."""
+
+    __slots__ = ("_events", "_waiter")
+
+    def __init__(self) -> None:
+        self._events: deque = deque()
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, event: object) -> None:
+        self._events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> object:
+        while not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+
 @dataclass(eq=False)
 class Request:
     """One generate() call: n choices of one prompt, answered on the caller's event loop."""
@@ -97,7 +123,7 @@ class Request:
     params: SamplingParams
     n: int
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    inbox: Inbox = field(default_factory=Inbox)
     cancelled: bool = False
     failed: bool = False
 

@@ -178,17 +178,17 @@ class StreamTranslator:
             block = event.get("content_block") or {}
             if block.get("type") == "tool_use":
                 number = self._calls[event.get("index", 0)] = len(self._calls)
-                return [Delta(choices=[ChoiceDelta(tool_calls=[ToolCallDelta(index=number, id=block.get("id"),
-                                                                             name=block.get("name"))])])]
-            text = block.get("text", "") if block.get("type") == "text" else ""
+                call = ToolCallDelta(index=number, id=_optional_str(block, "id"), name=_optional_str(block, "name"))
+                return [Delta(choices=[ChoiceDelta(tool_calls=[call])])]
+            text = _str(block, "text") if block.get("type") == "text" else ""
             return [Delta(choices=[ChoiceDelta(text=text)])] if text else []
         if kind == "content_block_delta":
             delta = event.get("delta") or {}
             if delta.get("type") == "input_json_delta":
                 number = self._calls.get(event.get("index", 0), 0)
-                piece = ToolCallDelta(index=number, arguments=delta.get("partial_json", ""))
+                piece = ToolCallDelta(index=number, arguments=_str(delta, "partial_json"))
                 return [Delta(choices=[ChoiceDelta(tool_calls=[piece])])]
-            text = delta.get("text", "") if delta.get("type") == "text_delta" else ""
+            text = _str(delta, "text") if delta.get("type") == "text_delta" else ""
             return [Delta(choices=[ChoiceDelta(text=text)])] if text else []
         if kind == "message_delta":
             self.usage.update({k: v for k, v in (event.get("usage") or {}).items() if v is not None})
@@ -202,3 +202,17 @@ class StreamTranslator:
             raise RunnerFailed(f"the Anthropic API failed mid-stream: {error.get('type', 'error')}: "
                                f"{error.get('message', '')}")
         return []  # ping, content_block_stop, and block types we do not ask for
+
+
+def _str(event: dict[str, Any], key: str) -> str:
+    """A text field of an event ("" when absent or null); anything else is an event that is not valid (ValueError)."""
+    value = event.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"{key} is {type(value).__name__}, not a string")
+    return value
+
+
+def _optional_str(event: dict[str, Any], key: str) -> str | None:
+    return _str(event, key) if event.get(key) is not None else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hardware.errors import TierRunnerError
@@ -66,7 +67,7 @@ class RecordedStream:
         if delta.usage is not None:
             usage, runner = delta.usage, self.d.runner
             cost = self.service.runners.price(runner.tier).cost_usd(usage.prompt_tokens, usage.completion_tokens)
-            delta = delta.model_copy(update={"cost_usd": cost})
+            delta = replace(delta, cost_usd=cost)
         return delta
 
     async def aclose(self) -> None:
