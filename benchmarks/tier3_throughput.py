@@ -1,7 +1,8 @@
 """Tier 3 throughput under concurrency: our endpoint vs native llama-server vs llama-cpp-python's server.
 
 All servers are up at once but only one is sent requests at a time: each level runs on each server in
-turn, for several rounds, and the median round is reported. Same GGUF file, thread count and context size;
+turn, for several rounds, and the median round is reported; the ratios are the median of each round's own
+ours / other (the two ran back to back). Same GGUF file, thread count and context size;
 ours and native llama-server also get the same number of slots (--slots, default the highest level) and
 the same KV layout (one unified cache, or one per slot with --no-kv-unified). Native llama-server is the
 one `make bench-native` builds (benchmarks/native_llama_server.py); it is found without a flag.
@@ -126,9 +127,9 @@ class Server:
     process: ChildProcess
 
 
-def interleaved(servers: list[Server], levels: list[int], max_tokens: int, rounds: int) -> dict[str, list[dict]]:
+def interleaved(servers: list[Server], levels: list[int], max_tokens: int, rounds: int) -> dict[tuple[str, int], list[dict]]:
     """Every level on every server in turn, `rounds` times (the order rotating), so that a slow minute of a
-    shared machine lands on all servers alike; per level the median round of each figure is reported."""
+    shared machine lands on all servers alike: each server's rows per level, one per round."""
     runs: dict[tuple[str, int], list[dict]] = {}
     for r in range(rounds):
         for clients in levels:
@@ -138,10 +139,20 @@ def interleaved(servers: list[Server], levels: list[int], max_tokens: int, round
                 print(f"  round {r + 1} {server.name}: {clients:>2} clients  {row['tok_s']:6.1f} tok/s  "
                       f"p50 {row['p50']:.2f}s  ttft p50 {row['ttft50']:.3f}s", file=sys.stderr, flush=True)
                 runs.setdefault((server.name, clients), []).append(row)
+    return runs
+
+
+def medians(runs: dict[tuple[str, int], list[dict]], servers: list[Server], levels: list[int]) -> dict[str, list[dict]]:
     keys = ("tok_s", "p50", "p95", "ttft50")
     return {s.name: [{"clients": c, "requests": runs[s.name, c][0]["requests"],
                       **{k: statistics.median(row[k] for row in runs[s.name, c]) for k in keys}} for c in levels]
             for s in servers}
+
+
+def paired_ratio(runs: dict[tuple[str, int], list[dict]], other: str, clients: int, key: str) -> float:
+    """The median over rounds of ours / other within each round: the two ran back to back, so a slow minute
+    of the machine weighs on both, which a ratio of the two medians (rounds apart) does not ensure."""
+    return statistics.median(a[key] / b[key] for a, b in zip(runs["ours", clients], runs[other, clients]))
 
 
 def main() -> None:
@@ -191,7 +202,8 @@ def main() -> None:
     try:
         for server in servers:
             server.process.wait_ready()
-        results = interleaved(servers, levels, args.max_tokens, args.rounds)
+        runs = interleaved(servers, levels, args.max_tokens, args.rounds)
+        results = medians(runs, servers, levels)
     finally:
         for server in servers:
             server.process.stop()
@@ -199,17 +211,17 @@ def main() -> None:
     layout = "one unified KV cache" if args.kv_unified else "one KV cache per slot"
     print(f"# Tier 3 throughput: {placement.model}, {threads} threads, n_ctx {n_ctx} per slot, {slots} slots "
           f"({layout}) for ours and native, max_tokens={args.max_tokens}, temperature 0, streaming, median of "
-          f"{args.rounds} interleaved rounds ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs)")
+          f"{args.rounds} interleaved rounds ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs); "
+          f"ratios: the median of the rounds' own ratios")
     print()
     others = [name for name in results if name != "ours"]
     print("| server | clients | requests | aggregate tok/s | p50 latency s | p95 latency s | p50 TTFT s |"
           + "".join(f" ours / {o} tok/s | TTFT ours / {o} |" for o in others))
     print("|---|---|---|---|---|---|---|" + "---|---|" * len(others))
     for name, rows in results.items():
-        for i, row in enumerate(rows):
-            ours_row = results["ours"][i]
-            ratios = "".join(f" {ours_row['tok_s'] / results[o][i]['tok_s']:.2f} | "
-                             f"{ours_row['ttft50'] / results[o][i]['ttft50']:.2f} |" if name == "ours" else " | |"
+        for row in rows:
+            ratios = "".join(f" {paired_ratio(runs, o, row['clients'], 'tok_s'):.2f} | "
+                             f"{paired_ratio(runs, o, row['clients'], 'ttft50'):.2f} |" if name == "ours" else " | |"
                              for o in others)
             print(f"| {name} | {row['clients']} | {row['requests']} | {row['tok_s']:.1f} | {row['p50']:.2f} | "
                   f"{row['p95']:.2f} | {row['ttft50']:.3f} |{ratios}")
