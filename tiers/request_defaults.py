@@ -54,9 +54,12 @@ class RequestDefaults(BaseModel):
         return self
 
 
+_NO_DEFAULTS = RequestDefaults()  # a feature with no `request` block: built once, not per request
+
+
 def apply(defaults: RequestDefaults | None, request: Request, default_max_tokens: int) -> tuple[Request, list[str]]:
     """The request as the feature wants it sent, and the client values it replaced (for `x-overridden`)."""
-    d = defaults or RequestDefaults()
+    d = defaults or _NO_DEFAULTS
     update: dict = {}
     overridden: list[str] = []
     locked = set(d.locked)
