@@ -116,6 +116,7 @@ bench-overhead: $(STAMP) $(LITELLM_STAMP)
 bench-native: $(STAMP)
 	$(PY) benchmarks/native_llama_server.py build
 	$(PY) benchmarks/tier3_throughput.py
+	$(PY) benchmarks/tier3_thread_cpu.py
 
 # The table in docs/evals.md: both local models on every shipped suite (reports under .data/).
 eval-table: $(STAMP)
