@@ -35,10 +35,13 @@ class EventStream(StreamingResponse):
 
         async def until_disconnect() -> None:
             nonlocal left
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            left = True
-            body_task.cancel()
+            try:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+            finally:  # the client left, or receive() failed (as Starlette does, stop): not when the body ended first
+                if not asyncio.current_task().cancelling():
+                    left = True
+                    body_task.cancel()
 
         watcher = asyncio.ensure_future(until_disconnect())
         try:
@@ -49,7 +52,9 @@ class EventStream(StreamingResponse):
         finally:
             watcher.cancel()
         if self.background is not None:
-            await self.background()
+            await self.background()  # the stream's row is recorded however it ended
+        if watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+            raise watcher.exception()  # to the server, which logs it, rather than "never retrieved" at exit
 
 
 def log_fields(request: Request, reply: Reply) -> None:
