@@ -106,16 +106,21 @@ class HostedRunner(Runner):
             await self._session.close()
         self.lifecycle.to("stopped")
 
+    def _state(self) -> str:
+        """The lifecycle's state, with an open circuit counted as failed."""
+        if self.lifecycle.state == "ready" and hasattr(self, "breaker") and self.breaker.state() == "open":
+            return "failed"
+        return self.lifecycle.state
+
     def status(self) -> RunnerStatus:
         status = super().status()
         if status.state == "ready" and hasattr(self, "breaker") and self.breaker.state() != "closed":
-            state = "failed" if self.breaker.state() == "open" else "ready"
-            return status.model_copy(update={"state": state, "detail": self.breaker.describe()})
+            return status.model_copy(update={"state": self._state(), "detail": self.breaker.describe()})
         return status
 
     def serving(self) -> bool:
         """`status().state == "ready"` without building the status: asked on every request's dispatch."""
-        return self.lifecycle.state == "ready" and (not hasattr(self, "breaker") or self.breaker.state() != "open")
+        return self._state() == "ready"
 
     def _redact(self, text: str) -> str:
         return redact(text, [self._key])
