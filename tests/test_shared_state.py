@@ -183,3 +183,25 @@ def test_limit_keys_of_other_prefixes_are_untouched(redis_server):
     assert client.get("trc:v2:bytes") == b"7"
     assert {k.decode() for k in client.keys("trs:*")} == {"trs:v1:rate:bot:requests"}
     assert Limit  # (the spend limits are the budgets module's own type)
+
+
+def test_a_replica_whose_clock_runs_ahead_keeps_the_others_reservations(redis_server, tmp_path, monkeypatch):
+    """Reservations expire by Redis's clock: B's clock an hour ahead must not expire A's 60 s reservations."""
+    async def go():
+        ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}", tmp_path / "spool")
+        ledger.migrate()
+        a, b = two(redis_server.url)
+        spend_a, spend_b = SharedSpend(a, SpendMeter(ledger), 60), SharedSpend(b, SpendMeter(ledger), 60)
+        bot = key()
+        cap = bot.spend_limits()
+        held = [await spend_a.admit(cap, 0.3, bot, f"req_{i}") for i in range(4)]  # $1.20 reserved on A: cap reached
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)  # B's clock (this process's) runs an hour ahead
+        refused, reached = await spend_b.admit(cap, 0.3, bot, "req_b")
+        monkeypatch.setattr(time, "time", real)
+        ledger.close()
+        return held, refused, reached
+
+    held, refused, reached = asyncio.run(go())
+    assert all(r is not None for r, _ in held)
+    assert refused is None and [limit.column for limit, _ in reached] == ["client_key_id"]

@@ -52,16 +52,19 @@ return 1
 """
 
 # Per limit i, KEYS[3i-2..3i]: figure hash, reservations zset, reservations hash.
-# ARGV: now, reservation id, USD to reserve, reservation ttl_s, expire-at (the period's end + a day), then per
-# limit: its cap (USD), 1 if reaching it refuses, this replica's floor (its last ledger read).
+# ARGV: reservation id, USD to reserve, reservation ttl_s, expire-at (the period's end + a day), then per limit:
+# its cap (USD), 1 if reaching it refuses, this replica's floor (its last ledger read). Reservations expire by
+# Redis's own clock (`TIME`): a replica whose clock runs ahead must not drop the others' reservations early.
 # Returns {admitted 0/1, spent of limit 1 (string), reached 0/1 of limit 1, spent of limit 2, ...}.
 SPEND_ADMIT = """
-local now, id, usd, ttl, expire_at = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local id, usd, ttl, expire_at = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local n = #KEYS / 3
 local out, refuse = {1}, false
 for i = 1, n do
   local fig, rz, rh = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local cap, blocks, floor = tonumber(ARGV[3 + 3 * i]), ARGV[4 + 3 * i] == '1', tonumber(ARGV[5 + 3 * i])
+  local cap, blocks, floor = tonumber(ARGV[2 + 3 * i]), ARGV[3 + 3 * i] == '1', tonumber(ARGV[4 + 3 * i])
   for _, old in ipairs(redis.call('ZRANGEBYSCORE', rz, '-inf', now)) do redis.call('HDEL', rh, old) end
   redis.call('ZREMRANGEBYSCORE', rz, '-inf', now)
   if floor > tonumber(redis.call('HGET', fig, 'floor') or '0') then redis.call('HSET', fig, 'floor', tostring(floor)) end

@@ -15,7 +15,6 @@ settle that could not reach Redis is replayed once it answers; a reservation nev
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -54,7 +53,7 @@ class SharedSpend:
         keys = [k for limit, start in zip(limits, starts) for k in self._keys(limit, start)]
         expire_at = int(max(period_end(limit.period) for limit in limits)) + 86400
         reservation_id = uuid.uuid4().hex
-        args: list = [time.time(), reservation_id, usd, self.ttl_s, expire_at]
+        args: list = [reservation_id, usd, self.ttl_s, expire_at]
         for limit in limits:  # this replica's own figure (its last ledger read) keeps the shared floor current
             args += [limit.usd, 1 if limit.refuse is not None else 0, self.local.spent(limit.column, limit.value,
                                                                                        limit.period)]
