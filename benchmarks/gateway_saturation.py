@@ -16,8 +16,12 @@ request as soon as its answer is in, for --seconds, two rounds with the paths al
 request = the user + system CPU seconds the server's processes used during the run (from /proc), divided
 by the requests answered. Generator, upstream and server share this machine's cores, so req/s is a floor.
 With --stream every request asks for `"stream": true` and each answer is read to its last chunk.
+Then, below saturation: the same --clients share a paced rate (--paced, a fraction of ours' closed-loop
+req/s), first whole answers and then streams, on every path that answered well above that rate in the
+closed loop. That gives p99 latency when the server keeps up, and a stream's time to first byte (its first
+chunk) against direct's: what the gateway adds before a client sees anything.
 Usage: python benchmarks/gateway_saturation.py [--clients 16] [--seconds 10] [--rounds 2] [--baseline REF]
-       [--skip-litellm] [--workers 2] [--stream]
+       [--skip-litellm] [--workers 2] [--stream] [--paced 0.5]
 """
 
 from __future__ import annotations
@@ -75,14 +79,16 @@ def remove_baseline(root: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(root / "baseline")], check=False)
 
 
-def closed_loop(path: Target, clients: int, seconds: float, stream: bool = False) -> dict:
+def closed_loop(path: Target, clients: int, seconds: float, stream: bool = False, rate: float | None = None) -> dict:
+    """One run of the load generator on `path`: closed loop, or paced at `rate` requests a second in all."""
     body = json.dumps({"model": path.model, "messages": PROMPT, "max_tokens": 1, "temperature": 0,
                        **({"stream": True} if stream else {})})
     pids = (lambda: children(path.pid) + list(path.also)) if path.pid else (lambda: [])
     before = cpu_s(pids())
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loadgen.py"), path.url, "--body", body,
                           "--header", f"Authorization: Bearer {KEY}", "--clients", str(clients),
-                          "--seconds", str(seconds)], capture_output=True, text=True, check=True).stdout
+                          "--seconds", str(seconds), *(["--rate", str(rate)] if rate else [])],
+                         capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
     result["cpu_ms"] = (cpu_s(pids()) - before) * 1000 / max(1, result["requests"]) if path.pid else None
     return result
@@ -97,9 +103,13 @@ def main() -> None:
     parser.add_argument("--skip-litellm", action="store_true")
     parser.add_argument("--stream", action="store_true", help="streamed answers (SSE), each read to its end")
     parser.add_argument("--workers", type=int, default=2, help="the `ours xN` path's --workers; 1 leaves it out")
+    parser.add_argument("--paced", type=float, default=0.5, metavar="FRACTION",
+                        help="then pace every path that keeps up at this fraction of ours' closed-loop req/s, whole "
+                             "answers and streams (0 leaves it out)")
     args = parser.parse_args()
     servers: list[ChildProcess] = []
     results: dict[str, list[dict]] = {}
+    paced: dict[tuple[str, bool], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         try:
@@ -144,12 +154,22 @@ def main() -> None:
             for round_ in range(args.rounds):
                 for path in paths if round_ % 2 == 0 else reversed(paths):
                     results.setdefault(path.name, []).append(closed_loop(path, args.clients, args.seconds, args.stream))
+            if args.paced:
+                rate = paced_rate(results, args.paced)
+                keeping_up = [p for p in paths if statistics.median(r["rps"] for r in results[p.name]) > rate * 1.2]
+                for stream in (False, True):
+                    for round_ in range(args.rounds):
+                        for path in keeping_up if round_ % 2 == 0 else reversed(keeping_up):
+                            paced.setdefault((path.name, stream), []).append(
+                                closed_loop(path, args.clients, args.seconds, stream, rate))
         finally:
             for server in servers:
                 server.stop()
             if args.baseline:
                 remove_baseline(root)
     report(results, args)
+    if paced:
+        report_paced(paced, paced_rate(results, args.paced), args)
 
 
 def report(results: dict[str, list[dict]], args) -> None:
@@ -166,6 +186,29 @@ def report(results: dict[str, list[dict]], args) -> None:
         print(f"| {name} | {rps:,.0f} | {statistics.median(r['p50_ms'] for r in rounds):.1f} | "
               f"{statistics.median(r['p99_ms'] for r in rounds):.1f} | {sum(r['errors'] for r in rounds)} | "
               f"{f'{statistics.median(cpu):.2f}' if cpu else '-'} | {f'{rps / litellm:.1f}x' if litellm else '-'} |")
+
+
+def paced_rate(results: dict[str, list[dict]], fraction: float) -> float:
+    """Below saturation: a fraction of what ours answered in the closed loop, rounded down to 10 req/s."""
+    return max(10.0, fraction * statistics.median(r["rps"] for r in results["ours"]) // 10 * 10)
+
+
+def report_paced(paced: dict[tuple[str, bool], list[dict]], rate: float, args) -> None:
+    print(f"\n{args.clients} clients paced at {rate:,.0f} req/s in all (below ours' saturation), {args.rounds} rounds of "
+          f"{args.seconds:g} s per path, alternated; latency counts from when each request was due; added = the "
+          "path's median minus direct's; medians of the rounds\n")
+    print("| path | whole: p50 ms | p99 ms | added p50 ms | stream TTFB p50 ms | TTFB p99 ms | added TTFB p50 ms |")
+    print("|---|---|---|---|---|---|---|")
+
+    def median(name: str, stream: bool, key: str) -> float:
+        return statistics.median(r[key] for r in paced[(name, stream)])
+
+    for name in dict.fromkeys(name for name, _ in paced):
+        added = "-" if name == "direct" else f"{median(name, False, 'p50_ms') - median('direct', False, 'p50_ms'):.2f}"
+        added_ttfb = ("-" if name == "direct" else
+                      f"{median(name, True, 'ttfb_p50_ms') - median('direct', True, 'ttfb_p50_ms'):.2f}")
+        print(f"| {name} | {median(name, False, 'p50_ms'):.2f} | {median(name, False, 'p99_ms'):.2f} | {added} | "
+              f"{median(name, True, 'ttfb_p50_ms'):.2f} | {median(name, True, 'ttfb_p99_ms'):.2f} | {added_ttfb} |")
 
 
 if __name__ == "__main__":
