@@ -44,6 +44,10 @@ class LlamaCppOptions(BaseModel):
     prompt_cache_mib: int = Field(default=256, ge=0, le=1048576, description=(
         "host memory (MiB) for the KV of prompt prefixes no slot holds any more, restored when a prompt starts "
         "the same; 0 turns it off"))
+    repack: bool | Literal["auto"] = Field(default="auto", description=(
+        "lay the weights out at load for this CPU's fastest kernels (AMX, repacked AVX), as llama.cpp does by "
+        "default; false keeps the GGUF's own layout, as llama-server's --no-repack. auto: true, except where "
+        "llama.cpp would use its AMX kernels, whose matrix multiply crashed the process here (docs/profiles.md)"))
 
     def thread_count(self) -> int:
         return len(os.sched_getaffinity(0)) if self.threads == "auto" else self.threads
@@ -79,6 +83,7 @@ class LlamaCppRunner(Runner):
             engine_options = EngineOptions(
                 threads=opts.thread_count(), n_ctx=opts.n_ctx, max_batch=opts.max_batch, n_batch=opts.n_batch,
                 max_queue=opts.max_queue, kv_unified=opts.kv_unified, prompt_cache_mib=opts.prompt_cache_mib,
+                repack=None if opts.repack == "auto" else opts.repack,
             )
             model = await asyncio.to_thread(self.model_file)  # a first use joins and hashes the file: not on the loop
             self.engine = LlamaEngine(model, engine_options)

@@ -376,6 +376,17 @@ async def test_choice_i_equals_one_request_with_seed_plus_i_when_batch_invariant
         engine.close()
 
 
+async def test_weights_kept_in_the_gguf_layout_answer_greedily(engine):
+    """`repack: false` (llama-server's --no-repack) loads the weights without llama.cpp's extra buffer types (AMX,
+    repacked AVX), for CPUs or VMs where those kernels misbehave; the model still answers."""
+    plain = started(repack=False, max_batch=1)
+    try:
+        text, _, finished = await run(plain, chat(plain, "Name a colour."), SamplingParams(temperature=0, max_tokens=8))
+    finally:
+        plain.close()
+    assert text.strip() and finished.completion_tokens > 0
+
+
 async def test_n_larger_than_max_batch_is_invalid_and_closing_cancels_all(engine):
     with pytest.raises(InvalidRequest) as raised:
         await anext(engine.generate([1, 2, 3], SamplingParams(), n=5))

@@ -27,6 +27,7 @@ class EngineOptions:
     # oversubscribes memory (most requests are short); when it fills, sequences wait and are recomputed.
     kv_size: int | None = None
     prompt_cache_mib: int = 256  # host memory for the KV of prefixes no slot holds any more (prompt_cache.py); 0: off
+    repack: bool | None = None  # weights in llama.cpp's extra buffer types (AMX, repacked AVX); None: engine.repacks
 
     def __post_init__(self) -> None:
         if self.kv_size is not None:
