@@ -223,6 +223,29 @@ async def test_a_prompt_whose_slot_was_taken_comes_back_from_host_memory_with_th
         off.close()
 
 
+async def test_a_new_sequence_moves_idle_slots_to_host_memory_and_they_come_back_with_the_same_answer():
+    """A and B run side by side in two slots of the unified KV cache, then C starts in A's: B's idle slot goes to host
+    memory and out of the KV cache (decode steps attend over every cell in use, as native llama-server's
+    --cache-idle-slots avoids). B again is restored from host memory, not found still sitting in its slot,
+    and answers as before. With one KV buffer per sequence, idle slots cost nothing and stay."""
+    a = "Name three colours of the rainbow, please, in one short line."
+    b = "What is the capital city of France? Answer in a word."
+    c = a + " Then count to five."  # starts like A, so it takes A's slot and B's is the idle one
+    params = SamplingParams(temperature=0, max_tokens=12)
+    for unified, restores in ((True, 1), (False, 0)):
+        engine = started(max_batch=2, kv_unified=unified)
+        try:
+            (_, _, _), (first_b, _, _) = await asyncio.gather(run(engine, chat(engine, a), params),
+                                                              run(engine, chat(engine, b), params))
+            await run(engine, chat(engine, c), params)
+            before = engine.stats["restored"]
+            again_b, _, _ = await run(engine, chat(engine, b), params)
+            assert again_b == first_b
+            assert engine.stats["restored"] - before == restores, (unified, engine.stats)
+        finally:
+            engine.close()
+
+
 async def test_a_match_that_saving_the_slot_evicts_is_not_restored_from_a_forgotten_entry():
     """A budget (2 MiB) for one prompt's KV, not two: A's third run finds A saved, but saving what the slot held (B)
     first evicts A, the oldest. The engine must not restore the evicted entry (it failed with a KeyError); A is

@@ -3,8 +3,11 @@
 A slot keeps its KV after its sequence ends, so a later prompt that starts the same (a chat's system
 prompt, the previous turn and its answer) skips that prefill. With the unified KV cache a prefix held by
 any slot is shared into another by tagging the same cells with both ids (no copy, no compute), and one
-that no slot holds any more may still be in the host-memory prompt cache (prompt_cache.py). Engine
-thread only: every method here calls llama.cpp's memory API.
+that no slot holds any more may still be in the host-memory prompt cache (prompt_cache.py).
+With the unified cache and the prompt cache on, a sequence that starts also moves every idle slot's KV to
+host memory, as native llama-server does (`--cache-idle-slots`): each decode step attends over the cells
+in use, so the leftovers of 16 earlier clients slowed one client's decoding by a tenth (docs/benchmarks.md).
+Engine thread only: every method here calls llama.cpp's memory API.
 """
 
 from __future__ import annotations
@@ -65,7 +68,16 @@ class Slots:
             ll.llama_memory_seq_rm(mem, slot, -1, -1)
             keep = 0
         self._held[slot] = (tokens, keep)
+        if self.unified and self.cache.budget:
+            self._clear_idle()
         return keep
+
+    def _clear_idle(self) -> None:
+        """Idle slots' KV to the prompt cache, then out of the KV cache (after `attach` shared what it needed)."""
+        for idle in self.free:
+            if self._held[idle][1]:
+                self.cache.save(idle, *self._held[idle])
+                self.drop(idle)
 
     def hold(self, slot: int, tokens: list[int], n: int) -> None:
         """The slot's KV now holds tokens[:n] (after a decode step)."""
