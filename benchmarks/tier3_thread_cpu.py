@@ -5,7 +5,7 @@ On a 2-core machine llama.cpp's two compute threads take both cores, so whatever
 each thread's user and system CPU from /proc/<pid>/task before and after a run of sequential streamed requests
 and divides by the tokens answered. Both servers get the same GGUF, threads, slots (--slots, default 4) and one
 unified KV cache; rounds alternate the servers, and the median round of each figure is reported.
-Usage: python benchmarks/tier3_thread_cpu.py [--requests 16] [--rounds 3] [--slots 4]
+Usage: python benchmarks/tier3_thread_cpu.py [--requests 16] [--rounds 3] [--slots 4] [--no-repack]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.native_llama_server import binary as native_binary  # noqa: E402
+from runners.llama.engine import repacks  # noqa: E402
 from benchmarks.tier3_throughput import PROMPTS, one_request, slots_profile  # noqa: E402
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402
@@ -71,19 +72,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--no-repack", dest="repack", action="store_const", const=False, default=None,
+                        help="weights in the GGUF's own layout for both (as tier3_throughput.py --no-repack)")
     args = parser.parse_args()
+    args.repack = repacks(args.repack)  # by default as Tier 3 decides (not on AMX), and native follows
     if not native_binary().is_file():
         raise SystemExit(f"{native_binary()} does not exist: run `make bench-native`")
     profile_file, profile = load_profile("cpu-tier3")
     model_path = resolve_model_file(profile.tiers[3].model, load_catalog())
     threads = len(os.sched_getaffinity(0))
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    ours = ServerProcess("--profile", str(slots_profile(profile_file, args.slots, True, log_dir)),
+    ours = ServerProcess("--profile", str(slots_profile(profile_file, args.slots, True, args.repack, log_dir)),
                          log_path=log_dir / "tier3-thread-cpu-ours.log")
     port = free_port()
     native = ChildProcess([str(native_binary()), "-m", str(model_path), "-t", str(threads), "-tb", str(threads),
                            "-c", str(2048 * args.slots), "--parallel", str(args.slots), "--cont-batching",
-                           "--kv-unified", "--port", str(port), "--alias", "smollm2"],
+                           "--kv-unified", "--port", str(port), "--alias", "smollm2",
+                           *([] if args.repack else ["--no-repack"])],
                           port=port, log_path=log_dir / "tier3-thread-cpu-native.log", ready_path="/health")
     servers = {"ours": (ours, "tier:3"), "native llama-server": (native, "smollm2")}
     rows: dict[str, list[dict]] = {name: [] for name in servers}

@@ -10,7 +10,10 @@ Workload per level: C concurrent streaming clients, each sending requests back t
 has sent max(2*C, 8) requests; fixed prompts, max_tokens 64, temperature 0, seed 7.
 aggregate tok/s = completion tokens of the level / wall time of the level. TTFT = first content chunk.
 The gateway's own overhead per request is measured by benchmarks/gateway_overhead.py.
+Both get the same weight layout: repacked for the CPU's extra kernels where Tier 3 repacks by default (not on a
+CPU with AMX, runners/llama/engine.py), and with --no-repack the GGUF's own layout for both.
 Usage: python benchmarks/tier3_throughput.py [--levels 1,4,8,16] [--rounds 3] [--slots N] [--no-kv-unified]
+       [--no-repack]
        [--llama-server PATH | --skip-native] [--skip-llama-cpp-python]
 """
 
@@ -37,6 +40,7 @@ from native_llama_server import binary as native_binary  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402
+from runners.llama.engine import repacks  # noqa: E402
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper.",
@@ -109,12 +113,12 @@ async def level(base_url: str, model: str, clients: int, max_tokens: int) -> dic
     }
 
 
-def slots_profile(profile_path: Path, slots: int, kv_unified: bool, log_dir: Path) -> Path:
-    """The profile with Tier 3 given the benchmark's slot count and KV layout (what native gets too)."""
+def slots_profile(profile_path: Path, slots: int, kv_unified: bool, repack: bool, log_dir: Path) -> Path:
+    """The profile with Tier 3 given the benchmark's slot count, KV layout and weight layout (what native gets too)."""
     import yaml
 
     data = yaml.safe_load(profile_path.read_text())
-    data["tiers"] = {3: {**data["tiers"][3], "max_batch": slots, "kv_unified": kv_unified}}
+    data["tiers"] = {3: {**data["tiers"][3], "max_batch": slots, "kv_unified": kv_unified, "repack": repack}}
     path = log_dir / "tier3-throughput-profile.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -163,12 +167,16 @@ def main() -> None:
     parser.add_argument("--slots", type=int, help="slots for ours and native llama-server (default: highest level)")
     parser.add_argument("--no-kv-unified", dest="kv_unified", action="store_false",
                         help="one KV cache per slot instead of one shared by all, for both")
+    parser.add_argument("--no-repack", dest="repack", action="store_const", const=False, default=None,
+                        help="weights in the GGUF's own layout for both, not repacked for AMX or AVX at load (native "
+                             "llama-server's AMX kernels crash on some VMs)")
     parser.add_argument("--llama-server", type=Path, default=native_binary(),
                         help="native llama-server binary (default: the one `make bench-native` builds)")
     parser.add_argument("--skip-native", action="store_true")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     parser.add_argument("--profile", default="cpu-tier3", help="profile for our endpoint (name or YAML path)")
     args = parser.parse_args()
+    args.repack = repacks(args.repack)  # by default as Tier 3 decides (not on AMX), and native follows
     levels = [int(x) for x in args.levels.split(",")]
 
     profile_file, profile = load_profile(args.profile)
@@ -181,14 +189,15 @@ def main() -> None:
     if not args.skip_native and not args.llama_server.is_file():
         raise SystemExit(f"{args.llama_server} does not exist: run `make bench-native` (or pass --skip-native)")
 
-    ours = ServerProcess("--profile", str(slots_profile(profile_file, slots, args.kv_unified, log_dir)),
+    ours = ServerProcess("--profile", str(slots_profile(profile_file, slots, args.kv_unified, args.repack, log_dir)),
                          log_path=log_dir / "tier3-throughput-ours.log")
     servers = [Server("ours", "tier:3", ours)]
     if not args.skip_native:
         port = free_port()
         cmd = [str(args.llama_server), "-m", str(model_path), "-t", str(threads), "-tb", str(threads),
                "-c", str(n_ctx * slots), "--parallel", str(slots), "--cont-batching", "--port", str(port),
-               "--alias", "smollm2", "--kv-unified" if args.kv_unified else "--no-kv-unified"]
+               "--alias", "smollm2", "--kv-unified" if args.kv_unified else "--no-kv-unified",
+               *([] if args.repack else ["--no-repack"])]
         servers.append(Server("native llama-server", "smollm2", ChildProcess(
             cmd, port=port, log_path=log_dir / "tier3-throughput-llama-server.log", ready_path="/health")))
     if not args.skip_llama_cpp_python:
@@ -208,7 +217,8 @@ def main() -> None:
         for server in servers:
             server.process.stop()
 
-    layout = "one unified KV cache" if args.kv_unified else "one KV cache per slot"
+    layout = ("one unified KV cache" if args.kv_unified else "one KV cache per slot") + (
+        "" if args.repack else ", weights not repacked")
     print(f"# Tier 3 throughput: {placement.model}, {threads} threads, n_ctx {n_ctx} per slot, {slots} slots "
           f"({layout}) for ours and native, max_tokens={args.max_tokens}, temperature 0, streaming, median of "
           f"{args.rounds} interleaved rounds ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs); "
