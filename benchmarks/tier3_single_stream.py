@@ -33,9 +33,9 @@ PROMPTS = [
 
 
 def direct(model_path: Path, threads: int, n_ctx: int, runs: int, max_tokens: int) -> list[float]:
-    from llama_cpp import Llama
+    from runners.llama.layout import llama
 
-    llm = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
     rates = []
     for i in range(runs):
         messages = [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}]

@@ -23,7 +23,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.native_llama_server import binary as native_binary  # noqa: E402
-from runners.llama.engine import repacks  # noqa: E402
+from runners.llama.layout import repacks  # noqa: E402
 from benchmarks.tier3_throughput import PROMPTS, one_request, slots_profile  # noqa: E402
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402

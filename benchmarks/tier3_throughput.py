@@ -11,7 +11,7 @@ has sent max(2*C, 8) requests; fixed prompts, max_tokens 64, temperature 0, seed
 aggregate tok/s = completion tokens of the level / wall time of the level. TTFT = first content chunk.
 The gateway's own overhead per request is measured by benchmarks/gateway_overhead.py.
 Both get the same weight layout: repacked for the CPU's extra kernels where Tier 3 repacks by default (not on a
-CPU with AMX, runners/llama/engine.py), and with --no-repack the GGUF's own layout for both.
+CPU with AMX, runners/llama/layout.py), and with --no-repack the GGUF's own layout for both.
 Usage: python benchmarks/tier3_throughput.py [--levels 1,4,8,16] [--rounds 3] [--slots N] [--no-kv-unified]
        [--no-repack]
        [--llama-server PATH | --skip-native] [--skip-llama-cpp-python]
@@ -40,7 +40,7 @@ from native_llama_server import binary as native_binary  # noqa: E402
 
 from hardware.catalog import load_catalog, resolve_model_file  # noqa: E402
 from hardware.profile import load_profile  # noqa: E402
-from runners.llama.engine import repacks  # noqa: E402
+from runners.llama.layout import repacks  # noqa: E402
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper.",

@@ -24,7 +24,7 @@ from runners.answer import Answer, AnswerBuilder, Delta
 from runners.base import Runner, RunnerStatus, register_runner
 from runners.capabilities import Capabilities
 from runners.errors import ContextLengthExceeded, InvalidRequest, TierUnavailable
-from runners.llama import EngineOptions, LlamaEngine, SamplingParams
+from runners.llama import EngineOptions, LlamaEngine, SamplingParams, layout
 from runners.llama_choices import choice_deltas
 from runners.llama_prompt import ChatPrompt
 from runners.llama_tools import ToolPlan, plan_tools
@@ -83,7 +83,7 @@ class LlamaCppRunner(Runner):
             engine_options = EngineOptions(
                 threads=opts.thread_count(), n_ctx=opts.n_ctx, max_batch=opts.max_batch, n_batch=opts.n_batch,
                 max_queue=opts.max_queue, kv_unified=opts.kv_unified, prompt_cache_mib=opts.prompt_cache_mib,
-                repack=None if opts.repack == "auto" else opts.repack,
+                repack=layout.repacks(None if opts.repack == "auto" else opts.repack),  # on the loop: once, no race
             )
             model = await asyncio.to_thread(self.model_file)  # a first use joins and hashes the file: not on the loop
             self.engine = LlamaEngine(model, engine_options)

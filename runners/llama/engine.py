@@ -192,17 +192,6 @@ class LlamaEngine:
                     scheduler.lock.notify_all()
 
 
-def repacks(wanted: bool | None) -> bool:
-    """Whether llama.cpp lays the weights out for its extra kernels: as asked, or by default (None) unless it would
-    use AMX. llama.cpp's AMX matrix multiply (llama-cpp-python 0.3.36) died with SIGSEGV on a Sapphire Rapids VM
-    here, in this engine and in native llama-server alike, on any prompt longer than a few tokens."""
-    if wanted is not None:
-        return wanted
-    import llama_cpp as ll
-
-    return b"AMX_INT8 = 1" not in ll.llama_print_system_info()
-
-
 class _Llama:
     """llama.cpp's handles for one model: opened and freed on the engine thread."""
 
@@ -213,7 +202,7 @@ class _Llama:
         self.ll = ll
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
-        mparams.use_extra_bufts = repacks(options.repack)
+        mparams.use_extra_bufts = options.repack  # runners/llama/layout.py decides it
         self.model = ll.llama_model_load_from_file(str(model_path).encode(), mparams)
         if not self.model:
             raise ConfigError(f"llama.cpp could not load {model_path}; is it a valid GGUF file?")

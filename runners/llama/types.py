@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from hardware.errors import ConfigError
 from runners.errors import Overloaded
+from runners.llama import layout
 
 if TYPE_CHECKING:
     from runners.llama.text import TextOut
@@ -27,7 +28,9 @@ class EngineOptions:
     # oversubscribes memory (most requests are short); when it fills, sequences wait and are recomputed.
     kv_size: int | None = None
     prompt_cache_mib: int = 256  # host memory for the KV of prefixes no slot holds any more (prompt_cache.py); 0: off
-    repack: bool | None = None  # weights in llama.cpp's extra buffer types (AMX, repacked AVX); None: engine.repacks
+    # weights in llama.cpp's extra buffer types (AMX, repacked AVX); False: as in the GGUF. Decided where the options
+    # are made, not on the engine thread (layout.py says why)
+    repack: bool = field(default_factory=lambda: layout.repacks(None))
 
     def __post_init__(self) -> None:
         if self.kv_size is not None:

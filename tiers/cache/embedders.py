@@ -127,29 +127,14 @@ class LlamaCppEmbedding(Embedder):
     def __init__(self, path: Path | None) -> None:
         import logging
 
-        from llama_cpp import Llama
-
-        from runners.llama.engine import repacks
-
-        class PlainLayoutLlama(Llama):
-            """llama-cpp-python's Llama with the weight layout the Tier 3 engine uses (runners/llama/engine.py:
-            AMX's kernels crashed here). Llama takes no such argument; it sets and then loads `model_params`."""
-
-            @property
-            def model_params(self):
-                return self._plain_params
-
-            @model_params.setter
-            def model_params(self, params) -> None:
-                params.use_extra_bufts = repacks(None)
-                self._plain_params = params
+        from runners.llama.layout import llama
 
         if path is None:
             raise ConfigError("the llamacpp cache embedder needs a GGUF file (llamacpp_model finds Tier 3's)")
         logging.getLogger("llama-cpp-python").setLevel(logging.WARNING)
         self.path = path
-        self._llm = PlainLayoutLlama(model_path=str(path), embedding=True, n_ctx=512, n_batch=512, pooling_type=1,
-                                     verbose=False, n_threads=1, n_threads_batch=1)  # one thread, as minilm (docstring)
+        self._llm = llama(model_path=str(path), embedding=True, n_ctx=512, n_batch=512, pooling_type=1, verbose=False,
+                          n_threads=1, n_threads_batch=1)  # one thread, as for minilm (module docstring)
         self.dim = self._llm.n_embd()
         self._lock = threading.Lock()
 
