@@ -43,7 +43,7 @@ tiers:
     device: cpu
     model: {MODEL}
     python: {VLLM_PYTHON}
-    dtype: bfloat16
+    dtype: float32
     enforce_eager: true
     max_model_len: 1024
     cpu_kvcache_space_gib: 1
@@ -360,10 +360,11 @@ PLANTED_KEY = "sk-planted-workstation-secret-6620"
 
 def upstream_openai_server(root: Path) -> ChildProcess:
     """Tier 1's upstream: llama-cpp-python's own OpenAI server (a third-party implementation of the protocol)
-    on the SmolLM2 GGUF, answering only requests that carry PLANTED_KEY."""
+    on the SmolLM2 GGUF, answering only requests that carry PLANTED_KEY (tests/llama_cpp_server.py: no AMX)."""
     port = free_port()
     model = resolve_model_file("smollm2-135m-instruct-q4_1", load_catalog())
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "gpt-4o-mini",
+    cmd = [sys.executable, str(REPO / "tests" / "llama_cpp_server.py"), "--model", str(model),
+           "--model_alias", "gpt-4o-mini",
            "--api_key", PLANTED_KEY, "--n_threads", "1", "--n_ctx", "1024", "--host", "127.0.0.1",
            "--port", str(port), "--verbose", "False"]
     return ChildProcess(cmd, port=port, log_path=root / "upstream.log", ready_path="/v1/models",

@@ -34,7 +34,8 @@ def _has_amx() -> bool:
 
 
 @functools.cache
-def _llama_class() -> type:
+def llama_class() -> type:
+    """llama-cpp-python's high-level Llama, loading in the layout `repacks(None)` chooses."""
     from llama_cpp import Llama
 
     class DefaultLayoutLlama(Llama):
@@ -55,4 +56,4 @@ def _llama_class() -> type:
 
 def llama(**kwargs):
     """llama-cpp-python's high-level `Llama(**kwargs)`, loaded in the layout `repacks(None)` chooses."""
-    return _llama_class()(**kwargs)
+    return llama_class()(**kwargs)
